@@ -1,0 +1,1 @@
+"""image-worker: turns rows in a Supabase ``jobs`` table into generated images."""
