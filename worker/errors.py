@@ -1,0 +1,26 @@
+"""How a job's work can fail.
+
+``JobFailed`` ends the job ``failed`` with its message in ``error_message``: one clear sentence,
+no secret, no traceback. Anything transient is retried inside the step that saw it; when the
+retries run out, that step raises ``JobFailed`` saying so.
+"""
+
+from __future__ import annotations
+
+MAX_ERROR_CHARS = 500
+
+
+class JobFailed(Exception):
+    """A permanent failure of one job. ``reason`` is a short class name for metrics and logs."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        message = " ".join(message.split())
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+
+class TransientError(Exception):
+    """A failure worth retrying (timeouts, 5xx, rate limits); never escapes the step's retry loop."""
