@@ -47,6 +47,7 @@ from tenacity import (
     wait_random,
 )
 
+from worker import metrics
 from worker.errors import JobFailed, TransientError
 from worker.jobs import Job
 from worker.settings import MissingSetting, Settings
@@ -304,6 +305,7 @@ class CloudinaryUploader:
             async with asyncio.timeout(self._timeout):
                 response = await self._http.post(self._api_url, data=params, files={"file": file})
         except (TimeoutError, httpx.TimeoutException):
+            metrics.CLOUDINARY_ATTEMPTS.labels("timeout").inc()
             log.warning(
                 "Cloudinary upload attempt {}/{}: no answer within {:g} s ({} bytes)",
                 number,
@@ -313,6 +315,7 @@ class CloudinaryUploader:
             )
             raise _Transient("timeout", timed_out=True) from None
         except httpx.TransportError as e:
+            metrics.CLOUDINARY_ATTEMPTS.labels("connection_error").inc()
             log.warning(
                 "Cloudinary upload attempt {}/{}: {} after {} ms ({} bytes)",
                 number,
@@ -324,6 +327,7 @@ class CloudinaryUploader:
             raise _Transient(f"connection error: {type(e).__name__}") from None
 
         status = response.status_code
+        metrics.CLOUDINARY_ATTEMPTS.labels(f"{status // 100}xx").inc()
         try:
             body = response.json()
         except ValueError:

@@ -43,6 +43,7 @@ import httpx
 from loguru import logger
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from worker import metrics
 from worker.download import ImageDownloader, media_type, read_capped
 from worker.errors import JobFailed, TransientError
 from worker.images import sniff_image, too_large
@@ -198,6 +199,7 @@ class GeneratorClient:
             outcome = exc.message
             raise
         finally:
+            metrics.GENERATOR_ATTEMPTS.labels(attempt_outcome(status, outcome)).inc()
             log.info(
                 "generator attempt {}/{}: {} {} {} bytes, {} redirect(s), {:.2f}s{}",
                 number,
@@ -305,6 +307,13 @@ class GeneratorClient:
     def _redact(self, text: str) -> str:
         # A misconfigured endpoint may echo the request headers back.
         return text.replace(self._token, "[redacted]") if self._token else text
+
+
+def attempt_outcome(status: int | None, detail: str = "") -> str:
+    """The metrics label of one HTTP attempt: 2xx/4xx/5xx, timeout or connection_error."""
+    if status is not None:
+        return f"{status // 100}xx"
+    return "timeout" if "timed out" in detail or "timeout" in detail else "connection_error"
 
 
 def _checked_link(value: str) -> str:

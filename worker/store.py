@@ -52,9 +52,12 @@ class Store:
         self._client: AsyncClient | None = None
 
     async def open(self) -> None:
+        # httpcore checks every pooled connection on each request, so a pool much larger than
+        # the requests we can have in flight only costs CPU.
+        pool = min(max(self._settings.worker_concurrency // 2, 4), 32)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             follow_redirects=True,
         )
         options = AsyncClientOptions(
