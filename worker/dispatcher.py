@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 from loguru import logger
 
@@ -63,6 +64,7 @@ class Dispatcher:
         self.last_claim_at: float | None = None  # monotonic time of the last successful claim
         self.last_claim_error: str | None = None
         self.loop_alive_at = time.monotonic()
+        self.claimed_by_trigger: Counter[str] = Counter()
 
     def wake(self, trigger: str) -> None:
         if not self._stopped.is_set():
@@ -93,7 +95,7 @@ class Dispatcher:
                 continue
             trigger = self._wake.take()
             try:
-                claims = await self._store.claim(free)
+                claims = await self._store.claim(free, trigger)
             except StoreError as exc:
                 await self._claim_failed(trigger, exc)
                 continue
@@ -103,6 +105,7 @@ class Dispatcher:
             metrics.CLAIM_CALLS.labels(trigger, "yes" if claims else "no").inc()
             if claims:
                 metrics.JOBS_CLAIMED.labels(trigger).inc(len(claims))
+                self.claimed_by_trigger[trigger] += len(claims)
                 self._log.debug("claimed {} job(s) ({})", len(claims), trigger)
             for claim in claims:
                 self._start(claim, trigger)

@@ -92,7 +92,8 @@ class Store:
             raise StoreError(operation, f"{type(exc).__name__}: {exc}") from None
         return response.data
 
-    async def claim(self, limit: int) -> list[ClaimedJob]:
+    async def claim(self, limit: int, trigger: str | None = None) -> list[ClaimedJob]:
+        """Up to ``limit`` pending jobs, now leased to us; ``trigger`` is recorded on each."""
         rows = await self._rpc(
             "claim",
             "image_worker_claim",
@@ -100,6 +101,7 @@ class Store:
                 "p_worker_id": self._settings.worker_id,
                 "p_limit": limit,
                 "p_lease_seconds": self._settings.worker_lease_seconds,
+                "p_trigger": trigger,
             },
         )
         return [ClaimedJob(Job.from_row(row), str(row["lease_token"])) for row in rows or []]

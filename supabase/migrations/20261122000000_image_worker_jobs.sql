@@ -33,11 +33,13 @@ create table if not exists public.jobs (
   worker_id text,                                -- WORKER_ID of the last worker to claim the job
   lease_token uuid,                              -- fencing token of the current claim
   lease_expires_at timestamptz,                  -- running jobs past this are recovered by rescue
+  claim_trigger text,                            -- what woke the claim: realtime, catchup, poll, sweep
   replayed_at timestamptz,                       -- set by `image-worker replay`
   replay_reason text
 );
 
 -- Columns added after the first release go here as `add column if not exists`.
+alter table public.jobs add column if not exists claim_trigger text;
 
 do $$
 begin
@@ -98,6 +100,7 @@ begin
     new.worker_id := null;
     new.lease_token := null;
     new.lease_expires_at := null;
+    new.claim_trigger := null;
     new.replayed_at := null;
     new.replay_reason := null;
   end if;
@@ -142,6 +145,7 @@ create or replace function public.image_worker_claim(
   p_worker_id text,
   p_limit integer,
   p_lease_seconds double precision,
+  p_trigger text default null,
   p_table text default 'jobs'
 ) returns setof jsonb
 language plpgsql
@@ -167,12 +171,13 @@ begin
         completed_at = null,
         worker_id = $2,
         lease_token = gen_random_uuid(),
-        lease_expires_at = now() + make_interval(secs => $3)
+        lease_expires_at = now() + make_interval(secs => $3),
+        claim_trigger = $4
     from picked
     where j.id = picked.id
     returning to_jsonb(j.*)
   $sql$, p_table)
-  using p_limit, p_worker_id, p_lease_seconds;
+  using p_limit, p_worker_id, p_lease_seconds, p_trigger;
 end
 $$;
 
@@ -372,14 +377,14 @@ begin
 end
 $$;
 
-revoke all on function public.image_worker_claim(text, integer, double precision, text) from public, anon, authenticated;
+revoke all on function public.image_worker_claim(text, integer, double precision, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) from public, anon, authenticated;
 revoke all on function public.image_worker_complete(uuid, uuid, text, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_fail(uuid, uuid, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_retry(uuid, uuid, text, double precision, integer, text) from public, anon, authenticated;
 revoke all on function public.image_worker_release(uuid, uuid, text) from public, anon, authenticated;
 revoke all on function public.image_worker_rescue(integer, integer, text) from public, anon, authenticated;
-grant execute on function public.image_worker_claim(text, integer, double precision, text) to service_role;
+grant execute on function public.image_worker_claim(text, integer, double precision, text, text) to service_role;
 grant execute on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) to service_role;
 grant execute on function public.image_worker_complete(uuid, uuid, text, text, text) to service_role;
 grant execute on function public.image_worker_fail(uuid, uuid, text, text) to service_role;
