@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 from loguru import logger
@@ -75,6 +77,108 @@ def run() -> None:
         return await worker.run()
 
     raise typer.Exit(asyncio.run(main()))
+
+
+def _ops_parser(name: str) -> Callable[[str], object]:
+    """An option parser from worker.ops, imported only when used (``--help`` stays fast), whose
+    ValueError becomes click's usage error: one line, exit code 2."""
+
+    def parser(value: str) -> object:
+        from worker import ops
+
+        try:
+            return getattr(ops, name)(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return parser
+
+
+def _operator_settings() -> Settings:
+    """Settings for replay/status: only the database ones are needed."""
+    from worker.logs import configure_logging
+    from worker.redact import redact
+
+    settings = load_settings()
+    redact.add(settings.secrets())
+    configure_logging(settings)
+    return settings
+
+
+@app.command()
+def replay(
+    stuck_for: Annotated[
+        float | None,
+        typer.Option(
+            "--stuck-for",
+            metavar="DURATION",
+            parser=_ops_parser("parse_duration"),
+            help="Also running jobs that started longer ago than this (90s, 10m, 2h, 1h30m). "
+            "Running jobs whose lease expired are always included.",
+        ),
+    ] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Also requeue failed jobs.")] = False,
+    job: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--job",
+            metavar="ID",
+            parser=_ops_parser("parse_job_id"),
+            help="Only this job (repeatable). A named job is replayed when it is failed or "
+            "running with an expired lease (or a live one, with --force).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would change; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Also jobs whose lease is still live (a worker may still be running them; "
+            "it will not be able to write its result).",
+        ),
+    ] = False,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", metavar="TEXT", help="Recorded in each job's replay_reason."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Consider at most this many jobs.")
+    ] = 10000,
+) -> None:
+    """Requeue stuck (and, with --failed, failed) jobs: reset them to pending, attempts 0."""
+    from worker import ops
+
+    settings = _operator_settings()
+    criteria = ops.ReplayCriteria(
+        job_ids=tuple(dict.fromkeys(job or ())),  # type: ignore[arg-type]
+        stuck_for=stuck_for,
+        failed=failed,
+        force=force,
+    )
+    options = ops.ReplayOptions(
+        criteria=criteria, dry_run=dry_run, yes=yes, reason=reason, json=json_output, limit=limit
+    )
+    raise typer.Exit(ops.replay_command(settings, options))
+
+
+@app.command()
+def status(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output (stable keys).")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Rows per list (running, stuck, failures).")
+    ] = 20,
+) -> None:
+    """Queue overview: counts by status, oldest pending age, running and stuck jobs, failures."""
+    from worker import ops
+
+    settings = _operator_settings()
+    raise typer.Exit(ops.status_command(settings, as_json=json_output, list_limit=limit))
 
 
 def main() -> None:

@@ -88,3 +88,13 @@ CLOUDINARY_ATTEMPTS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+READY = Gauge(
+    "image_worker_ready",
+    "1 while the replica is ready (database answers, claims succeed), else 0",
+    registry=REGISTRY,
+)
+LOOP_LAG = Gauge(
+    "image_worker_event_loop_lag_seconds",
+    "How late the health heartbeat woke up: time the event loop spent blocked",
+    registry=REGISTRY,
+)
