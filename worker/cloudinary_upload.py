@@ -49,6 +49,7 @@ from tenacity import (
 
 from worker import metrics
 from worker.errors import JobFailed, TransientError
+from worker.http import pooled_client, really_timed_out
 from worker.jobs import Job
 from worker.settings import MissingSetting, Settings
 
@@ -197,12 +198,9 @@ class CloudinaryUploader:
         self._api_url = self._account.api_url()
         # One connection per concurrent job; trust_env=False because the SDK ignores proxy env
         # vars too (its only proxy setting is CLOUDINARY_URL's api_proxy).
-        self._http = httpx.AsyncClient(
+        self._http = pooled_client(
+            connections=settings.worker_concurrency,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=settings.worker_concurrency,
-                max_keepalive_connections=settings.worker_concurrency,
-            ),
             proxy=self._account.options.get("api_proxy"),
             trust_env=False,
             headers={"User-Agent": f"image-worker {cloudinary.get_user_agent()}"},
@@ -303,7 +301,14 @@ class CloudinaryUploader:
         try:
             # httpx's timeout is per read/write; this one bounds the whole attempt.
             async with asyncio.timeout(self._timeout):
-                response = await self._http.post(self._api_url, data=params, files={"file": file})
+                try:
+                    response = await self._http.post(
+                        self._api_url, data=params, files={"file": file}
+                    )
+                except httpx.TimeoutException as exc:
+                    if really_timed_out(exc):
+                        raise
+                    raise httpx.ConnectError(str(exc.__cause__)) from exc
         except (TimeoutError, httpx.TimeoutException):
             metrics.CLOUDINARY_ATTEMPTS.labels("timeout").inc()
             log.warning(

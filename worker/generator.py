@@ -46,6 +46,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from worker import metrics
 from worker.download import ImageDownloader, media_type, read_capped
 from worker.errors import JobFailed, TransientError
+from worker.http import pooled_client, really_timed_out
 from worker.images import sniff_image, too_large
 from worker.jobs import Job
 from worker.settings import Settings
@@ -100,7 +101,8 @@ class GeneratorClient:
         if self._token:
             # Default headers: httpx drops Authorization on cross-origin redirects by itself.
             headers["Authorization"] = f"Bearer {self._token}"
-        self._client = httpx.AsyncClient(
+        self._client = pooled_client(
+            connections=settings.worker_concurrency,
             follow_redirects=True,
             headers=headers,
             # The per-attempt asyncio deadline is what bounds an attempt; these only catch a
@@ -181,8 +183,12 @@ class GeneratorClient:
             outcome = f"timed out after {self._timeout:g} s"
             raise _Transient("timeout") from None
         except httpx.TimeoutException as exc:
-            outcome = f"timed out ({type(exc).__name__})"
-            raise _Transient("timeout") from None
+            if really_timed_out(exc):
+                outcome = f"timed out ({type(exc).__name__})"
+                raise _Transient("timeout") from None
+            detail = self._excerpt(f"ConnectError: {exc.__cause__}".encode())
+            outcome = detail
+            raise _Transient("connection", detail) from None
         except httpx.TooManyRedirects:
             outcome = "too many redirects"
             raise JobFailed("generator redirected too many times", "generator_rejected") from None

@@ -16,6 +16,7 @@ import httpx
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from worker.http import pooled_client
 from worker.jobs import Job
 from worker.settings import Settings
 
@@ -52,12 +53,10 @@ class Store:
         self._client: AsyncClient | None = None
 
     async def open(self) -> None:
-        # httpcore checks every pooled connection on each request, so a pool much larger than
-        # the requests we can have in flight only costs CPU.
-        pool = min(max(self._settings.worker_concurrency // 2, 4), 32)
-        self._http = httpx.AsyncClient(
+        # About one call in flight per running job (heartbeats, outcomes) plus the claim.
+        self._http = pooled_client(
+            connections=min(self._settings.worker_concurrency + 2, 64),
             timeout=httpx.Timeout(self._timeout),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             follow_redirects=True,
         )
         options = AsyncClientOptions(
