@@ -71,6 +71,44 @@ class _Attempt:
             self.work.cancel()
 
 
+class _ProgressReporter:
+    """Writes a job's progress in the background: the work never waits on a progress write,
+    and when writes queue up only the newest value is sent. A write that finds the lease gone
+    still stops the job."""
+
+    def __init__(self, store: Store, claim: ClaimedJob, on_lost: Callable[[], None], log) -> None:
+        self._store = store
+        self._claim = claim
+        self._on_lost = on_lost
+        self._log = log
+        self._latest: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def report(self, value: int) -> None:
+        self._latest = value
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._latest is not None:
+            value, self._latest = self._latest, None
+            try:
+                held = await self._store.heartbeat(self._claim, progress=value)
+            except StoreError as exc:
+                self._log.warning("progress {} not recorded: {}", value, exc)
+                continue
+            if not held:
+                self._on_lost()
+                return
+
+    async def close(self) -> None:
+        """The work is over: a progress write still pending is moot (the outcome follows)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Executor:
     def __init__(
         self, settings: Settings, store: Store, step: Step, job_deadline: float | None = None
@@ -134,24 +172,24 @@ class Executor:
             metrics.STAGE_DURATION.labels("total").observe(time.monotonic() - started)
 
     async def _run_step(self, attempt: _Attempt, log) -> JobResult:
-        async def progress(value: int) -> None:
-            try:
-                held = await self._store.heartbeat(attempt.claim, progress=value)
-            except StoreError as exc:
-                log.warning("progress {} not recorded: {}", value, exc)
-                return
-            if not held:
-                self._lose(attempt, "the lease was taken over by another worker", log)
-
-        if self._job_deadline is None:
-            return await self._step(attempt.claim.job, progress)
+        reporter = _ProgressReporter(
+            self._store,
+            attempt.claim,
+            lambda: self._lose(attempt, "the lease was taken over by another worker", log),
+            log,
+        )
         try:
-            async with asyncio.timeout(self._job_deadline):
-                return await self._step(attempt.claim.job, progress)
-        except TimeoutError:
-            raise JobFailed(
-                f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
-            ) from None
+            if self._job_deadline is None:
+                return await self._step(attempt.claim.job, reporter.report)
+            try:
+                async with asyncio.timeout(self._job_deadline):
+                    return await self._step(attempt.claim.job, reporter.report)
+            except TimeoutError:
+                raise JobFailed(
+                    f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
+                ) from None
+        finally:
+            await reporter.close()
 
     def _lose(self, attempt: _Attempt, because: str, log) -> None:
         if attempt.cancel_reason is None:

@@ -1,7 +1,7 @@
 """The work each job exists for: check input → generate → upload to Cloudinary.
 
-Progress: 10 when generation starts (set by the claim), 60 once the image is in hand, 90 once it
-is uploaded, 100 with the completion itself.
+Progress: 10 when generation starts (set by the claim), 60 once the image is in hand (the upload
+is what remains), 100 with the completion itself.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class ImagePipeline:
         started = time.monotonic()
         uploaded = await self._uploader.upload(job, generated.data)
         metrics.STAGE_DURATION.labels("upload").observe(time.monotonic() - started)
-        await progress(90)
         return JobResult(image_url=uploaded.image_url, thumbnail_url=uploaded.thumbnail_url)
 
     async def aclose(self) -> None:
