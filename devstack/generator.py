@@ -17,6 +17,7 @@ Images (seeded by the prompt: blurry colour fields, ~15 KB per megapixel as PNG)
 | --- | --- |
 | ``png`` (default), ``jpeg``, ``webp``, ``gif`` | 200 with the image, the requested width × height |
 | ``tiny`` | 200 with a 64 × 64 PNG whatever the size asked (load tests, benchmarks) |
+| ``noise[:BYTES]`` | 200 with a PNG of random noise of about BYTES (default 1 MiB; memory soaks) |
 | ``base64`` | 200 JSON ``{"image_base64": "<png>"}`` |
 | ``b64_json`` | 200 JSON ``{"b64_json": "<png>"}`` |
 | ``datauri`` | 200 JSON ``{"b64_json": "data:image/png;base64,<png>"}`` |
@@ -56,7 +57,8 @@ ASSET (what ``/images/<id>`` serves, for ``image_url``/``url`` and ``asset_url()
 per asset), ``redirect_to:URL`` (302 to URL), ``redirect:N`` (302 to itself N times, then PNG).
 ``/images/*`` needs no token (image hosts don't) and is recorded under the job that made it.
 
-``latency`` (seconds, default 0; ``POST /admin/generator/latency {"seconds": 0.5}``) is added to
+``latency`` (seconds, default 0; ``POST /admin/generator/latency {"seconds": 0.5}``), spread by
+``latency_jitter`` (± seconds, uniform), is added to
 every authorised ``POST /generate`` to simulate generation time in benchmarks.
 """
 
@@ -109,6 +111,7 @@ _GENERATE_ONLY = frozenset(
         "redirect_private",
         "echo_auth",
         "tiny",
+        "noise",
     }
 )
 # Answers about the bytes themselves: valid for /generate and for /images assets.
@@ -257,6 +260,9 @@ class GeneratorStandIn:
         self.base_url = ""
         self.default_behaviour = "png"
         self.latency = 0.0
+        # Real generation times vary; a spread (± seconds, uniform) keeps a benchmark's jobs from
+        # marching in lockstep, which no production load does.
+        self.latency_jitter = 0.0
         self.calls: dict[str, list[CallRecord]] = {}
         self._assets: dict[str, _Asset] = {}
         self._function_calls: dict[str, _FunctionCall] = {}
@@ -395,7 +401,8 @@ class GeneratorStandIn:
             return _text(401, "missing or invalid bearer token")
         if not isinstance(body, dict):
             return _text(400, "request body must be a JSON object")
-        if self.latency and not await self._wait(request, self.latency):
+        delay = self.latency + random.uniform(-self.latency_jitter, self.latency_jitter)
+        if delay > 0 and not await self._wait(request, delay):
             return _text(503, "stand-in stopping")
 
         width, height = _dimension(fields.get("width")), _dimension(fields.get("height"))
@@ -424,7 +431,10 @@ class GeneratorStandIn:
 
         if name == "tiny":
             # Load tests and benchmarks: the claim path is under test, not PNG encoding.
-            return _image(await _render(seed, 64, 64), "png")
+            return _image(render_image("tiny", 64, 64), "png")  # one cached image for all
+        if name == "noise":
+            size = int(behaviour.args[0]) if behaviour.args else 1024 * 1024
+            return _image(await asyncio.to_thread(noise_png, size), "png")
         if name == "base64":
             return web.json_response({"image_base64": await png_b64()})
         if name == "b64_json":
@@ -640,6 +650,16 @@ async def _render(seed: str, width: int, height: int, fmt: str = "png") -> bytes
     # ~0.1 s per megapixel: off the event loop, which the whole devstack (and often the worker
     # under test) shares.
     return await asyncio.to_thread(render_image, seed, width, height, fmt)
+
+
+@functools.lru_cache(maxsize=8)
+def noise_png(size: int) -> bytes:
+    """A real PNG of about ``size`` bytes: noise does not compress, so 3 bytes per pixel."""
+    side = max(8, int((size / 3) ** 0.5))
+    image = Image.frombytes("RGB", (side, side), random.Random(size).randbytes(side * side * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _dimension(value: Any) -> int:

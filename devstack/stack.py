@@ -95,7 +95,7 @@ class DevStack:
 
         # Every REST request is one transaction whose settings are transaction-local, so the
         # pool's reset query on release (a fourth round trip per request) buys nothing here.
-        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=20, reset=_no_reset)
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=50, reset=_no_reset)
         stack.push_async_callback(self.pool.close)
 
         self.rest = RestApi(self.pool, self.keys)
