@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -179,6 +180,35 @@ def status(
 
     settings = _operator_settings()
     raise typer.Exit(ops.status_command(settings, as_json=json_output, list_limit=limit))
+
+
+@app.command()
+def demo(
+    jobs: Annotated[
+        int, typer.Option("--jobs", min=2, max=500, help="How many sample jobs to run.")
+    ] = 12,
+    report: Annotated[
+        Path,
+        typer.Option(
+            "--report",
+            metavar="PATH",
+            help="The HTML report (gallery and timeline); its directory also gets worker.log.",
+        ),
+    ] = Path("demo-report/index.html"),
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            "--keep-running",
+            help="After the summary, keep the stack and the worker up (and print the env for "
+            "`status` and `replay` in another terminal) until Ctrl-C.",
+        ),
+    ] = False,
+) -> None:
+    """The whole pipeline on an embedded local stack, no credentials needed: start here."""
+    from worker import demo as demo_module
+
+    options = demo_module.DemoOptions(jobs=jobs, report=report, keep_running=keep_running)
+    raise typer.Exit(demo_module.run(options))
 
 
 def main() -> None:
