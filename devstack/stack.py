@@ -146,7 +146,9 @@ class DevStack:
             {
                 f"{route.method} {route.resource.canonical}"  # type: ignore[union-attr]
                 for route in self._app.router.routes()
-                if route.resource is not None and route.resource.canonical.startswith("/admin/")
+                if route.resource is not None
+                and route.method != "HEAD"
+                and route.resource.canonical.startswith("/admin/")
             }
         )
         return [p.replace(" /", f" {self.url}/", 1) for p in paths]
