@@ -466,7 +466,7 @@ def status_command(settings: Settings, *, as_json: bool, list_limit: int) -> int
     return EXIT_OK
 
 
-# The keys of `status --json`, in this order; scripts rely on them (see docs/operations.md).
+# The keys of `status --json`, in this order; scripts rely on them (see the README, "Stuck and failed jobs").
 STATUS_KEYS = (
     "table",
     "counts",
