@@ -6,7 +6,8 @@ production; simple functions in tests). Around it the executor:
 - renews the lease every third of ``WORKER_LEASE_SECONDS``; when renewal says the lease is lost
   (or renewal keeps failing for a whole lease), the step is cancelled and nothing more is written;
 - writes the outcome with retries (the SQL is idempotent for the lease holder), so a brief
-  database outage does not lose a finished job: ``complete``, ``fail`` (``JobFailed``: the job's
+  database outage does not lose a finished job: ``complete`` (batched with other jobs that
+  finished at the same moment, see ``completer.py``), ``fail`` (``JobFailed``: the job's
   own fault, final) or ``retry`` (anything unexpected: tried again later, failed for good once
   ``JOB_MAX_ATTEMPTS`` claims are used);
 - on shutdown, cancels the step and releases the job to ``pending`` at once.
@@ -30,6 +31,7 @@ from tenacity import (
 )
 
 from worker import metrics
+from worker.completer import Completer
 from worker.errors import JobFailed
 from worker.jobs import Job
 from worker.redact import redact
@@ -118,10 +120,14 @@ class Executor:
         self._step = step
         self._job_deadline = job_deadline
         self._attempts: dict[str, _Attempt] = {}
+        self._completer = Completer(store)
 
     @property
     def renew_interval(self) -> float:
         return self._settings.worker_lease_seconds / 3
+
+    async def close(self) -> None:
+        await self._completer.close()
 
     def cancel_all(self, reason: str) -> None:
         for attempt in list(self._attempts.values()):
@@ -248,7 +254,9 @@ class Executor:
         try:
             held = await self._write(
                 "complete",
-                lambda: self._store.complete(attempt.claim, result.image_url, result.thumbnail_url),
+                lambda: self._completer.complete(
+                    attempt.claim, result.image_url, result.thumbnail_url
+                ),
                 log,
             )
         except StoreError:

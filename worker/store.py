@@ -134,6 +134,25 @@ class Store:
             )
         )
 
+    async def complete_many(self, results: list[tuple[ClaimedJob, str, str]]) -> dict[str, bool]:
+        """Complete several jobs in one round trip; per job id, False when its lease was lost."""
+        rows = await self._rpc(
+            "complete",
+            "image_worker_complete_many",
+            {
+                "p_jobs": [
+                    {
+                        "id": claim.job.id,
+                        "lease_token": claim.lease_token,
+                        "image_url": image_url,
+                        "thumbnail_url": thumbnail_url,
+                    }
+                    for claim, image_url, thumbnail_url in results
+                ]
+            },
+        )
+        return {str(row["id"]): bool(row["completed"]) for row in rows or []}
+
     async def fail(self, claim: ClaimedJob, error_message: str) -> bool:
         return bool(
             await self._rpc(

@@ -5,7 +5,8 @@
 -- below, so each is atomic and guarded:
 --   claim      pending -> running, FOR UPDATE SKIP LOCKED, attempts counted at claim, new lease token
 --   heartbeat  renews the lease (and reports progress) only while the caller holds the lease
---   complete / fail / retry / release   only while the caller holds the lease (the token is a fence)
+--   complete / fail / retry / release   only while the caller holds the lease (the token is a fence);
+--              complete_many completes a batch of jobs that finished together in one round trip
 --   rescue     expired leases -> pending again, or failed once JOB_MAX_ATTEMPTS claims are used
 --   replay     operators push stuck or failed jobs back to pending (never a live lease unless forced)
 --
@@ -244,6 +245,45 @@ begin
 end
 $$;
 
+-- complete_many: the same for many jobs in one round trip (jobs that finished together).
+-- p_jobs: [{"id", "lease_token", "image_url", "thumbnail_url"}, ...]. For each job, true
+-- when it is complete under that lease (now or by an earlier call), false when the lease is lost.
+create or replace function public.image_worker_complete_many(
+  p_jobs jsonb,
+  p_table text default 'jobs'
+) returns table (id uuid, completed boolean)
+language plpgsql
+set search_path = pg_catalog, public
+as $$
+begin
+  return query execute format($sql$
+    with input as (
+      select (e ->> 'id')::uuid as id, (e ->> 'lease_token')::uuid as lease_token,
+             e ->> 'image_url' as image_url, e ->> 'thumbnail_url' as thumbnail_url
+      from jsonb_array_elements($1) as e
+    ),
+    done as (
+      update public.%1$I as j
+      set status = 'complete', progress = 100, image_url = i.image_url,
+          thumbnail_url = i.thumbnail_url, error_message = null, completed_at = now(),
+          lease_expires_at = null
+      from input as i
+      where j.id = i.id and j.lease_token = i.lease_token and j.status = 'running'
+      returning j.id
+    )
+    -- The outer query sees the rows as they were before the update: a job counts as
+    -- completed when this call completed it, or an earlier call did under the same lease.
+    select i.id,
+           exists (select 1 from done as d where d.id = i.id)
+           or exists (select 1 from public.%1$I as j
+                      where j.id = i.id and j.lease_token = i.lease_token
+                        and j.status = 'complete')
+    from input as i
+  $sql$, p_table)
+  using p_jobs;
+end
+$$;
+
 -- fail: the job ends failed with one clear sentence; only by the lease holder; idempotent.
 create or replace function public.image_worker_fail(
   p_id uuid,
@@ -380,6 +420,7 @@ $$;
 revoke all on function public.image_worker_claim(text, integer, double precision, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) from public, anon, authenticated;
 revoke all on function public.image_worker_complete(uuid, uuid, text, text, text) from public, anon, authenticated;
+revoke all on function public.image_worker_complete_many(jsonb, text) from public, anon, authenticated;
 revoke all on function public.image_worker_fail(uuid, uuid, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_retry(uuid, uuid, text, double precision, integer, text) from public, anon, authenticated;
 revoke all on function public.image_worker_release(uuid, uuid, text) from public, anon, authenticated;
@@ -387,6 +428,7 @@ revoke all on function public.image_worker_rescue(integer, integer, text) from p
 grant execute on function public.image_worker_claim(text, integer, double precision, text, text) to service_role;
 grant execute on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) to service_role;
 grant execute on function public.image_worker_complete(uuid, uuid, text, text, text) to service_role;
+grant execute on function public.image_worker_complete_many(jsonb, text) to service_role;
 grant execute on function public.image_worker_fail(uuid, uuid, text, text) to service_role;
 grant execute on function public.image_worker_retry(uuid, uuid, text, double precision, integer, text) to service_role;
 grant execute on function public.image_worker_release(uuid, uuid, text) to service_role;
