@@ -197,13 +197,15 @@ async def _claimed(stack: DevStack, job_id) -> bool:
     )
 
 
-async def bench_pickup(server_url: str, n: int = 1000) -> None:
+async def bench_pickup(server_url: str, n: int = 1000, only: str | None = None) -> None:
     cases = [
         ("realtime_fast", "fast", {"worker_mode": "realtime"}, True),
         ("realtime_realistic", "realistic", {"worker_mode": "realtime"}, False),
         ("polling_5s", "fast", {"worker_mode": "polling"}, False),
     ]
     for name, delivery, overrides, wait_each in cases:
+        if only and name != only:
+            continue
         async with DevStack(server_url=server_url, delivery=delivery) as stack:
             worker = WorkerProcess(worker_env(stack, **overrides))
             try:
@@ -233,7 +235,7 @@ async def _subscribed(stack: DevStack) -> bool:
 
 
 async def bench_efficiency(
-    server_url: str, concurrency: int = 128, rounds: int = 8, jitter: float = 0.2
+    server_url: str, concurrency: int = 128, rounds: int = 16, jitter: float = 0.2
 ) -> None:
     """A simulated 1 s generation: ideal throughput is concurrency jobs per second.
 
@@ -436,6 +438,8 @@ async def main(parts: list[str], output: Path) -> None:
         for part in parts:
             if part == "pickup":
                 await bench_pickup(server_url)
+            elif part.startswith("pickup:"):
+                await bench_pickup(server_url, only=part.split(":", 1)[1])
             elif part == "burndown":
                 await bench_burndown(server_url)
             elif part == "pipeline":
