@@ -275,6 +275,7 @@ async def bench_soak(server_url: str, minutes: float = 10, concurrency: int = 12
     async with DevStack(server_url=server_url) as stack:
         stack.generator.default_behaviour = "noise:1048576"
         stack.generator.latency = 1.0
+        stack.generator.latency_jitter = 0.2  # as in the efficiency benchmark
         stack.cloudinary.keep_data = False
         env = worker_env(stack, worker_concurrency=concurrency, worker_mode="realtime")
         worker = WorkerProcess(env, step="pipeline")
