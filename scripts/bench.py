@@ -145,20 +145,7 @@ async def bench_burndown(server_url: str, jobs: int = 5000, step: str = "instant
     async with DevStack(server_url=server_url) as stack:
         stack.generator.default_behaviour = "tiny"
         await insert_pending(stack, jobs, "burn-down")
-        worker = WorkerProcess(worker_env(stack, worker_concurrency=32), step=step)
-        me = psutil.Process()
-        own_before = me.cpu_times()
-        try:
-            await wait_until(lambda: _none_left(stack), timeout=900, interval=0.2)
-            worker_cpu = sum(psutil.Process(worker.proc.pid).cpu_times()[:2])
-        finally:
-            await worker.stop()
-        own = me.cpu_times()
-        result = await burn_rate(stack)
-        result["worker_cpu_s"] = round(worker_cpu, 1)
-        result["devstack_cpu_s"] = round(
-            own.user + own.system - own_before.user - own_before.system, 1
-        )
+        result = await drain(stack, worker_env(stack, worker_concurrency=32), step)
     key = "burndown" if step == "instant" else "pipeline_burndown"
     RESULTS[key] = {"concurrency": 32, "step": step, **result}
     print(f"{key}: {result}", flush=True)
@@ -166,6 +153,23 @@ async def bench_burndown(server_url: str, jobs: int = 5000, step: str = "instant
 
 async def _none_left(stack: DevStack) -> bool:
     return await remaining(stack) == 0
+
+
+async def drain(stack: DevStack, env: dict[str, str], step: str) -> dict[str, Any]:
+    """Run a worker until no job is left; the rate, and the CPU each side used."""
+    worker = WorkerProcess(env, step=step)
+    me = psutil.Process()
+    own_before = me.cpu_times()
+    try:
+        await wait_until(lambda: _none_left(stack), timeout=900, interval=0.2)
+        worker_cpu = sum(psutil.Process(worker.proc.pid).cpu_times()[:2])
+    finally:
+        await worker.stop()
+    own = me.cpu_times()
+    result = await burn_rate(stack)
+    result["worker_cpu_s"] = round(worker_cpu, 1)
+    result["devstack_cpu_s"] = round(own.user + own.system - own_before.user - own_before.system, 1)
+    return result
 
 
 async def measure_pickups(stack: DevStack, n: int, wait_each: bool, gap: float) -> list[float]:
@@ -248,20 +252,8 @@ async def bench_efficiency(
         stack.generator.latency = 1.0
         stack.generator.latency_jitter = jitter
         await insert_pending(stack, jobs, "efficiency")
-        worker = WorkerProcess(worker_env(stack, worker_concurrency=concurrency), step="pipeline")
-        me = psutil.Process()
-        own_before = me.cpu_times()
-        try:
-            await wait_until(lambda: _none_left(stack), timeout=600, interval=0.2)
-            worker_cpu = sum(psutil.Process(worker.proc.pid).cpu_times()[:2])
-        finally:
-            await worker.stop()
-        own = me.cpu_times()
-        result = await burn_rate(stack)
-        result["worker_cpu_s"] = round(worker_cpu, 1)
-        result["devstack_cpu_s"] = round(
-            own.user + own.system - own_before.user - own_before.system, 1
-        )
+        env = worker_env(stack, worker_concurrency=concurrency)
+        result = await drain(stack, env, "pipeline")
     result["concurrency"] = concurrency
     result["generation_s"] = f"1.0 ± {jitter:g}"
     result["efficiency"] = round(result["jobs_per_s"] / concurrency, 3)
