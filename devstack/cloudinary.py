@@ -59,6 +59,8 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from devstack.serve import serve
+
 MAX_FILE_BYTES = 10 * 1024 * 1024
 SIGNATURE_MAX_AGE_SECONDS = 3600
 # Parameters that travel with the request but are not part of the signed string.
@@ -172,12 +174,7 @@ class CloudinaryStandIn:
         app = web.Application(client_max_size=110 * 1024 * 1024)
         app.router.add_post("/v1_1/{cloud}/{resource_type}/upload", self._upload)
         app.router.add_get("/{cloud}/image/upload/{path:.+}", self._deliver)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve(app, host, port)
 
     async def stop(self) -> None:
         self._stopping.set()  # releases hung requests

@@ -80,6 +80,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from devstack.serve import serve
+
 STOPPED_BODY = "modal-http: app for invoked web endpoint is stopped"
 PRIVATE_URL = "https://10.0.0.5/x.png"
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
@@ -276,12 +278,7 @@ class GeneratorStandIn:
         app.router.add_post("/generate", self._post_generate)
         app.router.add_get("/generate", self._get_result)
         app.router.add_get("/images/{asset}", self._get_asset)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://{host}:{bound}"
+        self._runner, self.base_url = await serve(app, host, port)
         self.url = f"{self.base_url}/generate"
 
     async def stop(self) -> None:

@@ -24,6 +24,7 @@ from devstack.keys import Keys
 from devstack.postgres import EmbeddedPostgres, bootstrap, create_database, drop_database
 from devstack.realtime import RealtimeServer
 from devstack.rest import RestApi
+from devstack.serve import serve
 
 Delivery = Literal["fast", "realistic"]
 
@@ -119,13 +120,8 @@ class DevStack:
         app.add_routes(self.cloudinary.admin_routes())
         app.add_routes(self.generator.admin_routes())
         app.router.add_get("/admin", self._admin_index)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
-        await runner.setup()
+        runner, self.url = await serve(app, self.host, self._port)
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, self.host, self._port, reuse_address=True)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{self.host}:{port}"
         self._app = app
 
     @property

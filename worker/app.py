@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
@@ -21,8 +20,6 @@ from worker.poller import poll_forever, rescue_forever
 from worker.redact import redact
 from worker.settings import Settings, WorkerMode
 from worker.store import Store
-
-SideTask = Callable[["Worker"], Awaitable[None]]
 
 
 class Worker:

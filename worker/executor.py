@@ -53,10 +53,6 @@ RETRY_BACKOFF_BASE = 2.0
 RETRY_BACKOFF_MAX = 60.0
 
 
-class LeaseLost(Exception):
-    pass
-
-
 class _Attempt:
     """What the executor knows about one job it is running."""
 

@@ -6,9 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-# Why a claim was attempted. While Realtime is healthy, jobs found by "sweep" are lost wake-ups.
-TRIGGERS = ("realtime", "catchup", "poll", "sweep")
-
 JOBS_CLAIMED = Counter(
     "image_worker_jobs_claimed",
     "Jobs claimed, by what woke the worker",

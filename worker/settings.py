@@ -7,7 +7,7 @@ import socket
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
@@ -109,10 +109,6 @@ class Settings(BaseSettings):
         if value not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value
-
-    @model_validator(mode="after")
-    def _lease_allows_renewal(self) -> Settings:
-        return self
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redactor."""

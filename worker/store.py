@@ -120,20 +120,6 @@ class Store:
             )
         )
 
-    async def complete(self, claim: ClaimedJob, image_url: str, thumbnail_url: str) -> bool:
-        return bool(
-            await self._rpc(
-                "complete",
-                "image_worker_complete",
-                {
-                    "p_id": claim.job.id,
-                    "p_lease_token": claim.lease_token,
-                    "p_image_url": image_url,
-                    "p_thumbnail_url": thumbnail_url,
-                },
-            )
-        )
-
     async def complete_many(self, results: list[tuple[ClaimedJob, str, str]]) -> dict[str, bool]:
         """Complete several jobs in one round trip; per job id, False when its lease was lost."""
         rows = await self._rpc(

@@ -5,8 +5,8 @@
 -- below, so each is atomic and guarded:
 --   claim      pending -> running, FOR UPDATE SKIP LOCKED, attempts counted at claim, new lease token
 --   heartbeat  renews the lease (and reports progress) only while the caller holds the lease
---   complete / fail / retry / release   only while the caller holds the lease (the token is a fence);
---              complete_many completes a batch of jobs that finished together in one round trip
+--   complete_many / fail / retry / release   only while the caller holds the lease (the token is
+--              a fence); complete_many takes every job that finished together in one round trip
 --   rescue     expired leases -> pending again, or failed once JOB_MAX_ATTEMPTS claims are used
 --   replay     operators push stuck or failed jobs back to pending (never a live lease unless forced)
 --
@@ -209,45 +209,10 @@ begin
 end
 $$;
 
--- complete: the job's result, written only by the lease holder. Repeating the same call after
--- it succeeded returns true again, so a worker may retry it safely when a reply was lost.
-create or replace function public.image_worker_complete(
-  p_id uuid,
-  p_lease_token uuid,
-  p_image_url text,
-  p_thumbnail_url text,
-  p_table text default 'jobs'
-) returns boolean
-language plpgsql
-set search_path = pg_catalog, public
-as $$
-declare
-  done boolean;
-begin
-  execute format($sql$
-    update public.%1$I
-    set status = 'complete', progress = 100, image_url = $3, thumbnail_url = $4,
-        error_message = null, completed_at = now(), lease_expires_at = null
-    where id = $1 and lease_token = $2 and status = 'running'
-    returning true
-  $sql$, p_table)
-  into done
-  using p_id, p_lease_token, p_image_url, p_thumbnail_url;
-  if done then
-    return true;
-  end if;
-  execute format(
-    'select exists (select 1 from public.%1$I where id = $1 and lease_token = $2 and status = %2$L)',
-    p_table, 'complete')
-  into done
-  using p_id, p_lease_token;
-  return done;
-end
-$$;
-
--- complete_many: the same for many jobs in one round trip (jobs that finished together).
--- p_jobs: [{"id", "lease_token", "image_url", "thumbnail_url"}, ...]. For each job, true
--- when it is complete under that lease (now or by an earlier call), false when the lease is lost.
+-- complete_many: the results of jobs that finished together, in one round trip, each written only
+-- by its lease holder. p_jobs: [{"id", "lease_token", "image_url", "thumbnail_url"}, ...]. For
+-- each job, true when it is complete under that lease (by this call, or by an earlier one whose
+-- reply was lost, so a worker may retry safely), false when the lease is lost.
 create or replace function public.image_worker_complete_many(
   p_jobs jsonb,
   p_table text default 'jobs'
@@ -419,7 +384,6 @@ $$;
 
 revoke all on function public.image_worker_claim(text, integer, double precision, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) from public, anon, authenticated;
-revoke all on function public.image_worker_complete(uuid, uuid, text, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_complete_many(jsonb, text) from public, anon, authenticated;
 revoke all on function public.image_worker_fail(uuid, uuid, text, text) from public, anon, authenticated;
 revoke all on function public.image_worker_retry(uuid, uuid, text, double precision, integer, text) from public, anon, authenticated;
@@ -427,7 +391,6 @@ revoke all on function public.image_worker_release(uuid, uuid, text) from public
 revoke all on function public.image_worker_rescue(integer, integer, text) from public, anon, authenticated;
 grant execute on function public.image_worker_claim(text, integer, double precision, text, text) to service_role;
 grant execute on function public.image_worker_heartbeat(uuid, uuid, double precision, integer, text) to service_role;
-grant execute on function public.image_worker_complete(uuid, uuid, text, text, text) to service_role;
 grant execute on function public.image_worker_complete_many(jsonb, text) to service_role;
 grant execute on function public.image_worker_fail(uuid, uuid, text, text) to service_role;
 grant execute on function public.image_worker_retry(uuid, uuid, text, double precision, integer, text) to service_role;
