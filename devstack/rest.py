@@ -661,6 +661,8 @@ class _Faults:
     fail_until_status: int = 503
     hang_next: int = 0
     hang_until: float = 0.0
+    slow_until: float = 0.0
+    slow_delay: float = 0.0
 
 
 def _content_range(offset: int, n: int, total: int | None) -> str:
@@ -707,6 +709,8 @@ class RestApi:
         self.failed = 0
         self.hung = 0
         self.hanging = 0  # requests being held right now
+        # Client (address, port) pairs seen: how many connections clients opened.
+        self.peers: set[tuple[str, int]] = set()
         self._faults = _Faults()
         self._closing = asyncio.Event()
         self._auth_cache: dict[tuple[str, str], _Auth] = {}
@@ -723,6 +727,7 @@ class RestApi:
         return [
             web.post("/admin/rest/fail", self._admin_fail),
             web.post("/admin/rest/hang", self._admin_hang),
+            web.post("/admin/rest/slow", self._admin_slow),
             web.post("/admin/rest/clear", self._admin_clear),
             web.get("/admin/rest/status", self._admin_status),
         ]
@@ -748,6 +753,11 @@ class RestApi:
     def hang_for(self, seconds: float) -> None:
         self._faults.hang_until = time.monotonic() + seconds
 
+    def slow_for(self, seconds: float, delay: float) -> None:
+        """Answer every request ``delay`` seconds late, for ``seconds`` (a loaded database)."""
+        self._faults.slow_until = time.monotonic() + seconds
+        self._faults.slow_delay = delay
+
     def clear_faults(self) -> None:
         self._faults = _Faults()
 
@@ -759,6 +769,7 @@ class RestApi:
             "failed": self.failed,
             "hung": self.hung,
             "hanging": self.hanging,
+            "connections_seen": len(self.peers),
             "faults": {
                 "fail_next": f.fail_next,
                 "fail_next_status": f.fail_next_status,
@@ -766,6 +777,8 @@ class RestApi:
                 "fail_for_status": f.fail_until_status,
                 "hang_next": f.hang_next,
                 "hang_for_seconds": max(0.0, f.hang_until - now),
+                "slow_for_seconds": max(0.0, f.slow_until - now),
+                "slow_delay": f.slow_delay,
             },
         }
 
@@ -788,6 +801,11 @@ class RestApi:
             self.hang_next(int(spec.get("n", 1)))
         return web.json_response(self.status())
 
+    async def _admin_slow(self, request: web.Request) -> web.Response:
+        spec = await request.json() if request.can_read_body else {}
+        self.slow_for(float(spec.get("seconds", 10)), float(spec.get("delay", 0.5)))
+        return web.json_response(self.status())
+
     async def _admin_clear(self, request: web.Request) -> web.Response:
         self.clear_faults()
         return web.json_response(self.status())
@@ -806,6 +824,8 @@ class RestApi:
             await self._hold(request)
             # Never delivered: the client hung up, or _hold() dropped the connection.
             return web.Response(status=503)
+        if now < f.slow_until:
+            await asyncio.sleep(f.slow_delay)
         status = None
         if f.fail_next > 0:
             f.fail_next -= 1
@@ -928,6 +948,8 @@ class RestApi:
         compile_: Callable[[web.Request, bytes], _Plan],
     ) -> web.Response:
         self.request_count += 1
+        if (peer := request.transport and request.transport.get_extra_info("peername")) is not None:
+            self.peers.add(tuple(peer[:2]))
         if (faulted := await self._fault(request)) is not None:
             return faulted
         if self._closing.is_set():

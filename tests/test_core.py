@@ -162,6 +162,25 @@ async def test_leases_are_renewed_while_a_job_runs(stack: DevStack) -> None:
         await wait_for(lambda: _field(stack, job_id, "status", "complete"))
 
 
+async def test_a_progress_write_in_flight_is_let_finish(stack: DevStack) -> None:
+    """Cancelling a request mid-flight closes the pooled connection it rides on: each job
+    would then cost a new connection (a TLS handshake, in production) to the database API."""
+
+    async def step(job: Job, progress) -> JobResult:
+        await progress(60)
+        await asyncio.sleep(0.01)  # done while the (slow) progress write is still on the wire
+        return await instant_step(job, progress)
+
+    stack.rest.slow_for(60, 0.05)
+    await insert_jobs(stack, 40)
+    settings = worker_settings(stack, worker_concurrency=4)
+    async with running_worker(settings, step):
+        await wait_for(lambda: all_terminal(stack))
+    assert await statuses(stack) == {"complete": 40}
+    # The store keeps concurrency + 2 connections; cutting each job's write would open ~40.
+    assert stack.rest.status()["connections_seen"] <= settings.worker_concurrency + 2
+
+
 async def test_rescue_returns_expired_leases_and_fails_exhausted_jobs(stack: DevStack) -> None:
     ids = await insert_jobs(stack, 2)
     # Two jobs left "running" by a worker that died: one with attempts left, one without.

@@ -99,12 +99,20 @@ class _ProgressReporter:
                 self._on_lost()
                 return
 
-    async def close(self) -> None:
-        """The work is over: a progress write still pending is moot (the outcome follows)."""
-        if self._task is not None and not self._task.done():
+    async def close(self, *, abandon: bool) -> None:
+        """The work is over: no newer value is sent. A write already sent is let finish, so
+        progress lands before the outcome and its pooled connection survives (cancelling a
+        request mid-flight closes the connection it rides on). An abandoned attempt (lease
+        lost, shutdown) cancels it instead."""
+        self._latest = None
+        if self._task is None or self._task.done():
+            return
+        if abandon:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        # wait(), not await: our own cancellation must neither reach the write nor be swallowed.
+        await asyncio.wait([self._task])
+        if not self._task.cancelled() and self._task.exception() is not None:
+            self._log.opt(exception=self._task.exception()).warning("progress write broke")
 
 
 class Executor:
@@ -182,16 +190,23 @@ class Executor:
         )
         try:
             if self._job_deadline is None:
-                return await self._step(attempt.claim.job, reporter.report)
-            try:
-                async with asyncio.timeout(self._job_deadline):
-                    return await self._step(attempt.claim.job, reporter.report)
-            except TimeoutError:
-                raise JobFailed(
-                    f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
-                ) from None
-        finally:
-            await reporter.close()
+                result = await self._step(attempt.claim.job, reporter.report)
+            else:
+                try:
+                    async with asyncio.timeout(self._job_deadline):
+                        result = await self._step(attempt.claim.job, reporter.report)
+                except TimeoutError:
+                    raise JobFailed(
+                        f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
+                    ) from None
+        except asyncio.CancelledError:
+            await reporter.close(abandon=True)
+            raise
+        except BaseException:
+            await reporter.close(abandon=False)
+            raise
+        await reporter.close(abandon=False)
+        return result
 
     def _lose(self, attempt: _Attempt, because: str, log) -> None:
         if attempt.cancel_reason is None:

@@ -433,3 +433,23 @@ async def test_hang_for_and_close(stack: DevStack, make_client) -> None:
     with pytest.raises(httpx.HTTPError):
         await call
     assert stack.rest.hanging == 0
+
+
+async def test_slow_for_delays_answers_and_connections_are_counted(
+    stack: DevStack, make_client
+) -> None:
+    db = await make_client()
+    await db.rpc("add_them", {"a": 1, "b": 1}).execute()
+    seen = stack.rest.status()["connections_seen"]
+    assert seen >= 1
+    stack.rest.slow_for(5, 0.2)
+    started = time.monotonic()
+    response = await db.rpc("add_them", {"a": 2, "b": 3}).execute()
+    assert response.data == 5
+    assert time.monotonic() - started >= 0.2
+    assert stack.rest.status()["faults"]["slow_delay"] == 0.2
+    assert stack.rest.status()["connections_seen"] == seen  # the same kept-alive connection
+    stack.rest.clear_faults()
+    started = time.monotonic()
+    await db.rpc("add_them", {"a": 2, "b": 3}).execute()
+    assert time.monotonic() - started < 0.2
