@@ -948,8 +948,8 @@ class RestApi:
         compile_: Callable[[web.Request, bytes], _Plan],
     ) -> web.Response:
         self.request_count += 1
-        if (peer := request.transport and request.transport.get_extra_info("peername")) is not None:
-            self.peers.add(tuple(peer[:2]))
+        if request.transport is not None and (peer := request.transport.get_extra_info("peername")):
+            self.peers.add(peer[:2])
         if (faulted := await self._fault(request)) is not None:
             return faulted
         if self._closing.is_set():

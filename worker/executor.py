@@ -188,25 +188,22 @@ class Executor:
             lambda: self._lose(attempt, "the lease was taken over by another worker", log),
             log,
         )
+        cancelled = False
         try:
             if self._job_deadline is None:
-                result = await self._step(attempt.claim.job, reporter.report)
-            else:
-                try:
-                    async with asyncio.timeout(self._job_deadline):
-                        result = await self._step(attempt.claim.job, reporter.report)
-                except TimeoutError:
-                    raise JobFailed(
-                        f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
-                    ) from None
+                return await self._step(attempt.claim.job, reporter.report)
+            try:
+                async with asyncio.timeout(self._job_deadline):
+                    return await self._step(attempt.claim.job, reporter.report)
+            except TimeoutError:
+                raise JobFailed(
+                    f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
+                ) from None
         except asyncio.CancelledError:
-            await reporter.close(abandon=True)
+            cancelled = True
             raise
-        except BaseException:
-            await reporter.close(abandon=False)
-            raise
-        await reporter.close(abandon=False)
-        return result
+        finally:
+            await reporter.close(abandon=cancelled)
 
     def _lose(self, attempt: _Attempt, because: str, log) -> None:
         if attempt.cancel_reason is None:

@@ -80,9 +80,13 @@ class Store:
     async def _rpc(self, operation: str, fn: str, params: dict[str, Any]) -> Any:
         assert self._client is not None, "Store.open() was not called"
         params = {**params, "p_table": self._settings.jobs_table}
+        return await self._execute(operation, self._client.rpc(fn, params))
+
+    async def _execute(self, operation: str, request: Any) -> Any:
+        """Run a postgrest-py request under our deadline; failures become ``StoreError``."""
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.rpc(fn, params).execute()
+                response = await request.execute()
         except TimeoutError:
             raise StoreError(operation, f"no answer within {self._timeout:g} s") from None
         except APIError as exc:
@@ -189,21 +193,8 @@ class Store:
     async def ping(self) -> None:
         """Cheapest round trip that proves the database answers and the table exists."""
         assert self._client is not None, "Store.open() was not called"
-        try:
-            async with asyncio.timeout(self._timeout):
-                await (
-                    self._client.table(self._settings.jobs_table)
-                    .select("id")
-                    .limit(1)
-                    .retry(False)
-                    .execute()
-                )
-        except TimeoutError:
-            raise StoreError("ping", f"no answer within {self._timeout:g} s") from None
-        except APIError as exc:
-            raise StoreError("ping", _describe_api_error(exc)) from None
-        except httpx.HTTPError as exc:
-            raise StoreError("ping", f"{type(exc).__name__}: {exc}") from None
+        request = self._client.table(self._settings.jobs_table).select("id").limit(1).retry(False)
+        await self._execute("ping", request)
 
 
 def _describe_api_error(exc: APIError) -> str:
