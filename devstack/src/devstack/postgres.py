@@ -21,7 +21,9 @@ from pathlib import Path
 import asyncpg
 
 SQL_DIR = Path(__file__).parent / "sql"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The devstack runs from a clone (devstack/src/devstack/ in the repository): the migrations it
+# applies are the repository's own, the same files a user pastes into a real project.
+REPO_ROOT = Path(__file__).resolve().parents[3]
 MIGRATIONS_DIR = REPO_ROOT / "supabase" / "migrations"
 
 SERVER_SETTINGS = {
