@@ -12,10 +12,9 @@ import asyncio
 import signal
 import sys
 
-from worker.app import Worker
-from worker.executor import JobResult
-from worker.jobs import Job
-from worker.logs import configure_logging
+from worker.engine.app import Worker
+from worker.jobs import Job, JobResult
+from worker.observability.logs import configure_logging
 from worker.settings import Settings
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from devstack.stack import DevStack
-from worker.app import Worker
-from worker.executor import JobResult, Step
-from worker.jobs import Job
+from worker.engine.app import Worker
+from worker.jobs import Job, JobResult, Step
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

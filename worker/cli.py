@@ -14,6 +14,7 @@ import typer
 from loguru import logger
 from pydantic import ValidationError
 
+from worker.errors import ExitCode
 from worker.settings import MissingSetting, Settings, require
 
 app = typer.Typer(
@@ -29,10 +30,6 @@ def _root() -> None:
     """Turns rows in a Supabase jobs table into generated images on Cloudinary."""
 
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
 def load_settings(*required: str) -> Settings:
     """Settings from the environment, or one clear line naming the variable and exit code 2."""
     try:
@@ -46,18 +43,18 @@ def load_settings(*required: str) -> Settings:
             else:
                 message = error["msg"].removeprefix("Value error, ")
                 typer.echo(f"configuration error: {variable}: {message}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     except MissingSetting as exc:
         typer.echo(f"configuration error: {exc.variable} is required", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     return settings
 
 
 @app.command()
 def run() -> None:
     """Run the worker until SIGTERM/SIGINT (the container's entrypoint)."""
-    from worker.app import Worker
-    from worker.logs import configure_logging
+    from worker.engine.app import Worker
+    from worker.observability.logs import configure_logging
 
     settings = load_settings("generator_url", "cloudinary_url")
     configure_logging(settings)
@@ -69,7 +66,7 @@ def run() -> None:
         def on_signal(signum: int) -> None:
             if worker.stopping:
                 logger.warning("second {}: exiting now", signal.Signals(signum).name)
-                os._exit(EXIT_FAILURE)
+                os._exit(ExitCode.FAILURE)
             logger.info("{}: finishing in-flight jobs, then exiting", signal.Signals(signum).name)
             worker.stop()
 
@@ -81,14 +78,14 @@ def run() -> None:
 
 
 def _ops_parser(name: str) -> Callable[[str], object]:
-    """An option parser from worker.ops, imported only when used (``--help`` stays fast), whose
-    ValueError becomes click's usage error: one line, exit code 2."""
+    """An option parser from worker.ops.arguments, imported only when used (``--help`` stays
+    fast), whose ValueError becomes click's usage error: one line, exit code 2."""
 
     def parser(value: str) -> object:
-        from worker import ops
+        from worker.ops import arguments
 
         try:
-            return getattr(ops, name)(value)
+            return getattr(arguments, name)(value)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
 
@@ -97,8 +94,8 @@ def _ops_parser(name: str) -> Callable[[str], object]:
 
 def _operator_settings() -> Settings:
     """Settings for replay/status: only the database ones are needed."""
-    from worker.logs import configure_logging
-    from worker.redact import redact
+    from worker.observability.logs import configure_logging
+    from worker.observability.redact import redact
 
     settings = load_settings()
     redact.add(settings.secrets())
@@ -151,19 +148,20 @@ def replay(
     ] = 10000,
 ) -> None:
     """Requeue stuck (and, with --failed, failed) jobs: reset them to pending, attempts 0."""
-    from worker import ops
+    from worker.ops.replay import ReplayOptions, replay_command
+    from worker.store.operations import ReplayCriteria
 
     settings = _operator_settings()
-    criteria = ops.ReplayCriteria(
+    criteria = ReplayCriteria(
         job_ids=tuple(dict.fromkeys(job or ())),  # type: ignore[arg-type]
         stuck_for=stuck_for,
         failed=failed,
         force=force,
     )
-    options = ops.ReplayOptions(
+    options = ReplayOptions(
         criteria=criteria, dry_run=dry_run, yes=yes, reason=reason, json=json_output, limit=limit
     )
-    raise typer.Exit(ops.replay_command(settings, options))
+    raise typer.Exit(replay_command(settings, options))
 
 
 @app.command()
@@ -176,10 +174,10 @@ def status(
     ] = 20,
 ) -> None:
     """Queue overview: counts by status, oldest pending age, running and stuck jobs, failures."""
-    from worker import ops
+    from worker.ops.status import status_command
 
     settings = _operator_settings()
-    raise typer.Exit(ops.status_command(settings, as_json=json_output, list_limit=limit))
+    raise typer.Exit(status_command(settings, as_json=json_output, list_limit=limit))
 
 
 @app.command()

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from devstack.stack import DevStack
-    from worker.app import Worker
+    from worker.engine.app import Worker
 
 MISSING_DEV_DEPENDENCIES = (
     "the demo needs the development dependencies: "
@@ -539,7 +539,7 @@ class Demo:
 
     async def _run(self, log_file: TextIO) -> int:
         from devstack.stack import DevStack
-        from worker.logs import configure_logging
+        from worker.observability.logs import configure_logging
 
         started = time.monotonic()
         self.console.rule("image-worker demo")
@@ -570,7 +570,7 @@ class Demo:
         return self.exit_code
 
     async def _with_worker(self, stack: DevStack, settings: Settings) -> None:
-        from worker.app import Worker
+        from worker.engine.app import Worker
 
         worker = Worker(settings)
         t0 = _now()

@@ -7,6 +7,8 @@ retries run out, that step raises ``JobFailed`` saying so.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 MAX_ERROR_CHARS = 500
 
 
@@ -24,3 +26,11 @@ class JobFailed(Exception):
 
 class TransientError(Exception):
     """A failure worth retrying (timeouts, 5xx, rate limits); never escapes the step's retry loop."""
+
+
+class ExitCode(IntEnum):
+    """Every command's exit code (the contract): 0 success, 1 failure, 2 bad usage or settings."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2

@@ -1,7 +1,12 @@
-"""The job as the worker sees it: a row of ``public.jobs``."""
+"""The job as the worker sees it (a row of ``public.jobs``), and the shape of the work done on it.
+
+The engine runs a ``Step`` for each claimed job; the image pipeline is the production step.
+Both sides depend on these types, so they live here, below both.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,3 +34,15 @@ class Job:
             attempts=int(row.get("attempts") or 0),
             created_at=datetime.fromisoformat(created) if isinstance(created, str) else created,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    image_url: str
+    thumbnail_url: str
+
+
+# Reports a job's progress (0-100); the work never waits on the write.
+Progress = Callable[[int], Awaitable[None]]
+# The work done for one claimed job: ``step(job, progress) -> JobResult``.
+Step = Callable[[Job, Progress], Awaitable[JobResult]]

@@ -1,0 +1,143 @@
+"""One worker process: wake-up sources → dispatcher → executors → store, plus its timers.
+
+    Worker(settings).run()   # until stop() (SIGTERM/SIGINT in the CLI); returns the exit code
+
+Shutdown: stop claiming, let in-flight jobs finish for up to WORKER_SHUTDOWN_GRACE_SECONDS, then
+cancel the rest and release them to ``pending`` at once for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from loguru import logger
+
+from worker.engine.dispatcher import Dispatcher
+from worker.engine.executor import Executor
+from worker.jobs import Step
+from worker.observability.redact import redact
+from worker.settings import Settings, WorkerMode
+from worker.store.postgrest import PostgrestStore
+from worker.wakeups.poller import poll_forever, rescue_forever
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        step: Step | None = None,
+        *,
+        job_deadline: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self._step = step
+        self._job_deadline = job_deadline
+        self._stop = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.store = PostgrestStore(settings)
+        self.dispatcher: Dispatcher | None = None
+        self.realtime = None  # the Realtime wake-up source, in realtime mode
+        self.ready = asyncio.Event()  # set once the worker claims work
+        self.exit_code = 0
+        self._log = logger.bind(worker_id=settings.worker_id)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (idempotent)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> int:
+        s = self.settings
+        redact.add(s.secrets())
+        pipeline = None
+        step = self._step
+        job_deadline = self._job_deadline
+        if step is None:
+            from worker.pipeline.step import ImagePipeline
+
+            pipeline = ImagePipeline(s)
+            step = pipeline
+            job_deadline = job_deadline or pipeline.deadline
+        await self.store.open()
+        executor = Executor(s, self.store, step, job_deadline=job_deadline)
+        self.dispatcher = dispatcher = Dispatcher(
+            self.store, executor, s.worker_concurrency, s.worker_id
+        )
+        self._log.info(
+            "worker starting: mode={} concurrency={} lease={:g}s table={}",
+            s.worker_mode,
+            s.worker_concurrency,
+            s.worker_lease_seconds,
+            s.jobs_table,
+        )
+        side: dict[str, asyncio.Task[None]] = {}
+        side["dispatcher"] = asyncio.create_task(dispatcher.run(), name="dispatcher")
+        side["rescuer"] = asyncio.create_task(
+            rescue_forever(self.store, s.worker_lease_seconds, dispatcher.wake, s.worker_id),
+            name="rescuer",
+        )
+        if s.worker_mode == WorkerMode.REALTIME:
+            from worker.wakeups.realtime import RealtimeWakeups
+
+            self.realtime = RealtimeWakeups(s, dispatcher.wake)
+            side["realtime"] = asyncio.create_task(self.realtime.run(), name="realtime")
+            schedule = self.realtime.poll_schedule
+        else:
+
+            def schedule() -> tuple[float, str]:
+                return s.worker_poll_interval_seconds, "poll"
+
+        side["poller"] = asyncio.create_task(poll_forever(dispatcher.wake, schedule), name="poller")
+        if s.health_port:
+            from worker.observability.health import serve_health
+
+            side["health"] = asyncio.create_task(serve_health(self), name="health")
+        dispatcher.wake("poll")  # the backlog: jobs inserted before we started
+        self.ready.set()
+
+        stop_wait = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *side.values()], return_when="FIRST_COMPLETED")
+        for task in done:
+            if task is not stop_wait:
+                # A side task must never end on its own: that is a bug. Shut down cleanly and
+                # exit non-zero so the orchestrator restarts us.
+                self._log.opt(exception=task.exception() if not task.cancelled() else None).error(
+                    "{} stopped unexpectedly; shutting down", task.get_name()
+                )
+                self.exit_code = 1
+        stop_wait.cancel()
+        await self._shutdown(dispatcher, executor, side)
+        if pipeline is not None:
+            await pipeline.aclose()
+        await self.store.close()
+        self._log.info("worker stopped")
+        return self.exit_code
+
+    async def _shutdown(
+        self, dispatcher: Dispatcher, executor: Executor, side: dict[str, asyncio.Task[None]]
+    ) -> None:
+        grace = self.settings.worker_shutdown_grace_seconds
+        dispatcher.stop_claiming()
+        if self.realtime is not None:
+            await self.realtime.close()
+        for name, task in side.items():
+            if name != "health":
+                task.cancel()
+        in_flight = dispatcher.tasks()
+        if in_flight:
+            self._log.info("waiting up to {:g} s for {} job(s)", grace, len(in_flight))
+            _, pending = await asyncio.wait(in_flight, timeout=grace)
+            if pending:
+                self._log.warning("releasing {} unfinished job(s)", len(pending))
+                executor.cancel_all("shutdown")
+                await asyncio.wait(pending, timeout=15)
+        for task in side.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await executor.close()

@@ -1,0 +1,251 @@
+"""The worker's HTTP side: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``.
+
+Served on ``0.0.0.0:HEALTH_PORT`` while the worker runs (``HEALTH_PORT=0`` turns it off).
+
+Liveness answers "should this process be restarted?", so it must fail only for what a restart
+fixes, never for an outside outage (a restart does not bring the database back):
+
+- the event loop is hung → the request is never answered (the probe times out), and a loop that
+  was blocked for a long stretch is reported by the heartbeat below;
+- a side task (dispatcher, poller, rescuer, realtime) died → the Worker shuts down with exit
+  code 1; we answer 503 meanwhile;
+- the dispatcher is stuck → it has free slots but has not gone round its loop for longer than
+  the longest gap between wake-ups allows (the poller wakes it at least every poll interval, or
+  every safety-net sweep in realtime mode, whatever the database does).
+
+While the worker shuts down gracefully, liveness stays 200: in-flight jobs are finishing, and a
+restart would cut them short.
+
+Readiness answers "is this replica doing its job?": the database answers (a cheap query with a
+short deadline, cached briefly so probes don't hammer it) and the last claim did not fail. It is
+for dashboards, alerts and rollouts; work is pulled from the database, not routed by a load
+balancer, so an unready replica loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from worker.observability import metrics
+from worker.observability.redact import redact
+from worker.settings import WorkerMode
+
+if TYPE_CHECKING:
+    from worker.engine.app import Worker
+
+
+TICK_SECONDS = 1.0
+# A heartbeat older than this means the loop was blocked (or the heartbeat died).
+LOOP_STALL_SECONDS = 10.0
+DB_CHECK_TIMEOUT = 2.0
+# /readyz reuses a database check this recent; the heartbeat refreshes it at this slower pace
+# so the ready gauge stays current without probes.
+DB_CHECK_MAX_AGE_PROBE = 1.5
+DB_CHECK_MAX_AGE_TICK = 5.0
+# Slack on top of the longest gap between wake-ups: one claim's deadline plus its back-off.
+DISPATCHER_SLACK_SECONDS = 30.0
+
+
+class HealthState:
+    """What the endpoints report, kept current by a heartbeat task."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.last_tick = time.monotonic()
+        self.loop_lag = 0.0
+        self._free_since: float | None = None
+        self._db_checked_at: float | None = None
+        self._db_error: str | None = None
+        self._db_lock = asyncio.Lock()
+
+    # --- liveness
+
+    @property
+    def dispatcher_idle_limit(self) -> float:
+        s = self.worker.settings
+        longest_gap = s.worker_poll_interval_seconds
+        if s.worker_mode == WorkerMode.REALTIME:
+            from worker.wakeups.realtime import RealtimeWakeups
+
+            longest_gap = max(longest_gap, RealtimeWakeups.SAFETY_NET_INTERVAL)
+        # The poller jitters its interval by ±20 %.
+        return 1.25 * longest_gap + DISPATCHER_SLACK_SECONDS
+
+    async def heartbeat(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            self.loop_lag = max(0.0, now - before - TICK_SECONDS)
+            metrics.LOOP_LAG.set(self.loop_lag)
+            self.last_tick = now
+            self._track_free_slots(now)
+            with contextlib.suppress(Exception):
+                metrics.READY.set(1 if (await self.readiness(DB_CHECK_MAX_AGE_TICK))[0] else 0)
+
+    def _track_free_slots(self, now: float) -> None:
+        dispatcher = self.worker.dispatcher
+        if dispatcher is None:
+            return
+        free = self.worker.settings.worker_concurrency - dispatcher.in_flight
+        if free <= 0:
+            self._free_since = None
+        elif self._free_since is None:
+            self._free_since = now
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        now = time.monotonic()
+        worker, dispatcher = self.worker, self.worker.dispatcher
+        problems: list[str] = []
+        idle = None
+        if worker.exit_code != 0:
+            problems.append("a worker task stopped unexpectedly; the worker is shutting down")
+        if now - self.last_tick > LOOP_STALL_SECONDS:
+            problems.append(f"the event loop was blocked for {now - self.last_tick:.0f} s")
+        if dispatcher is not None:
+            idle = now - dispatcher.loop_alive_at
+            # Measured from when slots became free: a dispatcher waiting for a slot is not stuck.
+            if (
+                not worker.stopping
+                and self._free_since is not None
+                and now - max(dispatcher.loop_alive_at, self._free_since)
+                > self.dispatcher_idle_limit
+            ):
+                problems.append(
+                    f"the dispatcher has free slots but has not run for {idle:.0f} s "
+                    f"(limit {self.dispatcher_idle_limit:.0f} s)"
+                )
+        status = "failing" if problems else ("stopping" if worker.stopping else "ok")
+        body = {
+            "status": status,
+            "problems": problems,
+            "worker_id": worker.settings.worker_id,
+            "stopping": worker.stopping,
+            "in_flight": dispatcher.in_flight if dispatcher else 0,
+            "dispatcher_idle_seconds": _round(idle),
+            "loop_lag_seconds": _round(self.loop_lag),
+            "uptime_seconds": _round(now - worker.started_at),
+        }
+        return (503 if problems else 200), body
+
+    # --- readiness
+
+    async def database_error(self, max_age: float) -> str | None:
+        """None when the database answered within ``max_age`` seconds, else the last error."""
+        async with self._db_lock:  # one check at a time; concurrent probes share its result
+            now = time.monotonic()
+            if self._db_checked_at is None or now - self._db_checked_at > max_age:
+                try:
+                    async with asyncio.timeout(DB_CHECK_TIMEOUT):
+                        await self.worker.store.ping()
+                except TimeoutError:
+                    self._db_error = f"no answer within {DB_CHECK_TIMEOUT:g} s"
+                except Exception as exc:  # StoreError, or a store closed at shutdown
+                    self._db_error = redact(str(exc) or type(exc).__name__)
+                else:
+                    self._db_error = None
+                self._db_checked_at = time.monotonic()
+            return self._db_error
+
+    async def readiness(self, max_age: float = DB_CHECK_MAX_AGE_PROBE) -> tuple[bool, dict]:
+        worker, dispatcher = self.worker, self.worker.dispatcher
+        now = time.monotonic()
+        db_error = await self.database_error(max_age)
+        claim_error = dispatcher.last_claim_error if dispatcher else None
+        reasons = []
+        if worker.stopping:
+            reasons.append("stopping")
+        if not worker.ready.is_set() or dispatcher is None:
+            reasons.append("starting")
+        if db_error is not None:
+            reasons.append("database unreachable")
+        if claim_error is not None:
+            reasons.append("claims failing")
+        realtime = None
+        if worker.realtime is not None:
+            realtime = {
+                "state": str(worker.realtime.state),
+                "for_seconds": _round(now - worker.realtime.state_since),
+                "rebuilds": worker.realtime.rebuilds,
+            }
+        last_claim = dispatcher.last_claim_at if dispatcher else None
+        body = {
+            "status": "ready" if not reasons else "not ready",
+            "reasons": reasons,
+            "worker_id": worker.settings.worker_id,
+            "mode": str(worker.settings.worker_mode),
+            "realtime": realtime,
+            "in_flight": dispatcher.in_flight if dispatcher else 0,
+            "concurrency": worker.settings.worker_concurrency,
+            "last_claim_age_seconds": _round(now - last_claim) if last_claim else None,
+            "last_claim_error": redact(claim_error) if claim_error else None,
+            "database": {
+                "ok": db_error is None,
+                "error": db_error,
+                "checked_seconds_ago": _round(now - self._db_checked_at)
+                if self._db_checked_at
+                else None,
+            },
+            "stopping": worker.stopping,
+        }
+        return not reasons, body
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def build_app(state: HealthState) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        status, body = state.liveness()
+        return web.json_response(body, status=status)
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready, body = await state.readiness()
+        metrics.READY.set(1 if ready else 0)
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+async def serve_health(worker: Worker) -> None:
+    """Serve the endpoints until cancelled (the Worker starts this when HEALTH_PORT != 0)."""
+    port = worker.settings.health_port
+    log = logger.bind(worker_id=worker.settings.worker_id)
+    state = HealthState(worker)
+    runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
+    await runner.setup()
+    heartbeat: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, "0.0.0.0", port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.error("cannot serve /healthz, /readyz, /metrics on HEALTH_PORT {}: {}", port, exc)
+            raise
+        log.info("health and metrics on :{} (/healthz, /readyz, /metrics)", port)
+        heartbeat = asyncio.create_task(state.heartbeat(), name="health-heartbeat")
+        # The heartbeat never ends by itself; if it does (a bug), liveness reports the stale tick.
+        await asyncio.Future()
+    finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await runner.cleanup()
