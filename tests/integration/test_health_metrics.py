@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -16,7 +15,6 @@ from devstack.stack import DevStack
 from tests.helpers import free_port, instant_step, running_worker, wait_for, worker_settings
 from worker.engine.app import Worker
 from worker.jobs import JobResult
-from worker.observability import health
 
 
 async def step(job, progress) -> JobResult:
@@ -173,48 +171,3 @@ async def test_while_stopping_readyz_is_503_and_healthz_stays_200(stack: DevStac
         assert status == 200 and live["status"] == "stopping"
         release.set()
     assert await stack.pool.fetchval("select status from jobs") == "complete"
-
-
-def fake_worker(**dispatcher) -> SimpleNamespace:
-    settings = SimpleNamespace(
-        worker_mode="polling", worker_poll_interval_seconds=1.0, worker_concurrency=2,
-        worker_id="w",
-    )  # fmt: skip
-    return SimpleNamespace(
-        settings=settings,
-        dispatcher=SimpleNamespace(**dispatcher),
-        exit_code=0,
-        stopping=False,
-        started_at=time.monotonic(),
-    )
-
-
-@pytest.mark.parametrize(
-    ("in_flight", "idle_for", "expected"),
-    [
-        (0, 5.0, 200),  # idle between wake-ups: fine
-        (0, 120.0, 503),  # free slots, no wake-up handled for two minutes: stuck
-        (2, 120.0, 200),  # every slot busy: waiting for a job to finish, not stuck
-    ],
-)
-def test_liveness_detects_a_stuck_dispatcher(in_flight: int, idle_for: float, expected) -> None:
-    now = time.monotonic()
-    worker = fake_worker(in_flight=in_flight, loop_alive_at=now - idle_for)
-    state = health.HealthState(worker)  # type: ignore[arg-type]
-    state._track_free_slots(now - idle_for)  # slots have been free (or busy) all along
-    status, body = state.liveness()
-    assert status == expected, body
-    if expected == 503:
-        assert "dispatcher" in body["problems"][0]
-
-
-def test_liveness_fails_after_a_side_task_died_or_the_loop_blocked() -> None:
-    worker = fake_worker(in_flight=0, loop_alive_at=time.monotonic())
-    state = health.HealthState(worker)  # type: ignore[arg-type]
-    assert state.liveness()[0] == 200
-    worker.exit_code = 1
-    assert state.liveness()[0] == 503
-    worker.exit_code = 0
-    state.last_tick -= 60
-    status, body = state.liveness()
-    assert status == 503 and "event loop" in body["problems"][0]

@@ -108,21 +108,23 @@ class _ProgressReporter:
 
 class Executor:
     def __init__(
-        self, settings: Settings, store: JobStore, step: Step, job_deadline: float | None = None
+        self,
+        settings: Settings,
+        store: JobStore,
+        step: Step,
+        completer: Completer,
+        job_deadline: float | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._step = step
+        self._completer = completer
         self._job_deadline = job_deadline
         self._attempts: dict[str, _Attempt] = {}
-        self._completer = Completer(store)
 
     @property
     def renew_interval(self) -> float:
         return self._settings.worker_lease_seconds / 3
-
-    async def close(self) -> None:
-        await self._completer.close()
 
     def cancel_all(self, reason: str) -> None:
         for attempt in list(self._attempts.values()):

@@ -27,19 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker.engine.status import WorkerStatus
 from worker.observability import metrics
 from worker.observability.redact import redact
-from worker.settings import WorkerMode
+from worker.settings import Settings
 
-if TYPE_CHECKING:
-    from worker.engine.app import Worker
-
+StatusGetter = Callable[[], WorkerStatus]
+Ping = Callable[[], Awaitable[None]]
 
 TICK_SECONDS = 1.0
 # A heartbeat older than this means the loop was blocked (or the heartbeat died).
@@ -54,10 +55,12 @@ DISPATCHER_SLACK_SECONDS = 30.0
 
 
 class HealthState:
-    """What the endpoints report, kept current by a heartbeat task."""
+    """What the endpoints report, from the worker's status snapshots, kept current by a
+    heartbeat task."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, status: StatusGetter, ping: Ping) -> None:
+        self._status = status
+        self._ping = ping
         self.last_tick = time.monotonic()
         self.loop_lag = 0.0
         self._free_since: float | None = None
@@ -67,16 +70,10 @@ class HealthState:
 
     # --- liveness
 
-    @property
-    def dispatcher_idle_limit(self) -> float:
-        s = self.worker.settings
-        longest_gap = s.worker_poll_interval_seconds
-        if s.worker_mode == WorkerMode.REALTIME:
-            from worker.wakeups.realtime import RealtimeWakeups
-
-            longest_gap = max(longest_gap, RealtimeWakeups.SAFETY_NET_INTERVAL)
+    @staticmethod
+    def dispatcher_idle_limit(status: WorkerStatus) -> float:
         # The poller jitters its interval by ±20 %.
-        return 1.25 * longest_gap + DISPATCHER_SLACK_SECONDS
+        return 1.25 * status.longest_wake_gap + DISPATCHER_SLACK_SECONDS
 
     async def heartbeat(self) -> None:
         while True:
@@ -86,52 +83,50 @@ class HealthState:
             self.loop_lag = max(0.0, now - before - TICK_SECONDS)
             metrics.LOOP_LAG.set(self.loop_lag)
             self.last_tick = now
-            self._track_free_slots(now)
+            self._track_free_slots(self._status(), now)
             with contextlib.suppress(Exception):
                 metrics.READY.set(1 if (await self.readiness(DB_CHECK_MAX_AGE_TICK))[0] else 0)
 
-    def _track_free_slots(self, now: float) -> None:
-        dispatcher = self.worker.dispatcher
-        if dispatcher is None:
+    def _track_free_slots(self, status: WorkerStatus, now: float) -> None:
+        if status.dispatcher_alive_at is None:
             return
-        free = self.worker.settings.worker_concurrency - dispatcher.in_flight
-        if free <= 0:
+        if status.concurrency - status.in_flight <= 0:
             self._free_since = None
         elif self._free_since is None:
             self._free_since = now
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         now = time.monotonic()
-        worker, dispatcher = self.worker, self.worker.dispatcher
+        status = self._status()
         problems: list[str] = []
         idle = None
-        if worker.exit_code != 0:
+        if status.failed:
             problems.append("a worker task stopped unexpectedly; the worker is shutting down")
         if now - self.last_tick > LOOP_STALL_SECONDS:
             problems.append(f"the event loop was blocked for {now - self.last_tick:.0f} s")
-        if dispatcher is not None:
-            idle = now - dispatcher.loop_alive_at
+        if status.dispatcher_alive_at is not None:
+            idle = now - status.dispatcher_alive_at
+            limit = self.dispatcher_idle_limit(status)
             # Measured from when slots became free: a dispatcher waiting for a slot is not stuck.
             if (
-                not worker.stopping
+                not status.stopping
                 and self._free_since is not None
-                and now - max(dispatcher.loop_alive_at, self._free_since)
-                > self.dispatcher_idle_limit
+                and now - max(status.dispatcher_alive_at, self._free_since) > limit
             ):
                 problems.append(
                     f"the dispatcher has free slots but has not run for {idle:.0f} s "
-                    f"(limit {self.dispatcher_idle_limit:.0f} s)"
+                    f"(limit {limit:.0f} s)"
                 )
-        status = "failing" if problems else ("stopping" if worker.stopping else "ok")
+        state = "failing" if problems else ("stopping" if status.stopping else "ok")
         body = {
-            "status": status,
+            "status": state,
             "problems": problems,
-            "worker_id": worker.settings.worker_id,
-            "stopping": worker.stopping,
-            "in_flight": dispatcher.in_flight if dispatcher else 0,
+            "worker_id": status.worker_id,
+            "stopping": status.stopping,
+            "in_flight": status.in_flight,
             "dispatcher_idle_seconds": _round(idle),
             "loop_lag_seconds": _round(self.loop_lag),
-            "uptime_seconds": _round(now - worker.started_at),
+            "uptime_seconds": _round(now - status.started_at),
         }
         return (503 if problems else 200), body
 
@@ -144,7 +139,7 @@ class HealthState:
             if self._db_checked_at is None or now - self._db_checked_at > max_age:
                 try:
                     async with asyncio.timeout(DB_CHECK_TIMEOUT):
-                        await self.worker.store.ping()
+                        await self._ping()
                 except TimeoutError:
                     self._db_error = f"no answer within {DB_CHECK_TIMEOUT:g} s"
                 except Exception as exc:  # StoreError, or a store closed at shutdown
@@ -155,37 +150,38 @@ class HealthState:
             return self._db_error
 
     async def readiness(self, max_age: float = DB_CHECK_MAX_AGE_PROBE) -> tuple[bool, dict]:
-        worker, dispatcher = self.worker, self.worker.dispatcher
-        now = time.monotonic()
         db_error = await self.database_error(max_age)
-        claim_error = dispatcher.last_claim_error if dispatcher else None
+        status = self._status()
+        now = time.monotonic()
         reasons = []
-        if worker.stopping:
+        if status.stopping:
             reasons.append("stopping")
-        if not worker.ready.is_set() or dispatcher is None:
+        if not status.ready:
             reasons.append("starting")
         if db_error is not None:
             reasons.append("database unreachable")
-        if claim_error is not None:
+        if status.last_claim_error is not None:
             reasons.append("claims failing")
         realtime = None
-        if worker.realtime is not None:
+        if status.realtime is not None:
             realtime = {
-                "state": str(worker.realtime.state),
-                "for_seconds": _round(now - worker.realtime.state_since),
-                "rebuilds": worker.realtime.rebuilds,
+                "state": status.realtime.state,
+                "for_seconds": _round(now - status.realtime.since),
+                "rebuilds": status.realtime.rebuilds,
             }
-        last_claim = dispatcher.last_claim_at if dispatcher else None
+        last_claim = status.last_claim_at
         body = {
             "status": "ready" if not reasons else "not ready",
             "reasons": reasons,
-            "worker_id": worker.settings.worker_id,
-            "mode": str(worker.settings.worker_mode),
+            "worker_id": status.worker_id,
+            "mode": status.mode,
             "realtime": realtime,
-            "in_flight": dispatcher.in_flight if dispatcher else 0,
-            "concurrency": worker.settings.worker_concurrency,
+            "in_flight": status.in_flight,
+            "concurrency": status.concurrency,
             "last_claim_age_seconds": _round(now - last_claim) if last_claim else None,
-            "last_claim_error": redact(claim_error) if claim_error else None,
+            "last_claim_error": redact(status.last_claim_error)
+            if status.last_claim_error
+            else None,
             "database": {
                 "ok": db_error is None,
                 "error": db_error,
@@ -193,7 +189,7 @@ class HealthState:
                 if self._db_checked_at
                 else None,
             },
-            "stopping": worker.stopping,
+            "stopping": status.stopping,
         }
         return not reasons, body
 
@@ -224,11 +220,12 @@ def build_app(state: HealthState) -> web.Application:
     return app
 
 
-async def serve_health(worker: Worker) -> None:
-    """Serve the endpoints until cancelled (the Worker starts this when HEALTH_PORT != 0)."""
-    port = worker.settings.health_port
-    log = logger.bind(worker_id=worker.settings.worker_id)
-    state = HealthState(worker)
+async def serve_health(settings: Settings, status: StatusGetter, ping: Ping) -> None:
+    """Serve the endpoints until cancelled (the app starts this when HEALTH_PORT != 0), from the
+    worker's ``status()`` snapshots and the store's ``ping``."""
+    port = settings.health_port
+    log = logger.bind(worker_id=settings.worker_id)
+    state = HealthState(status, ping)
     runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
     await runner.setup()
     heartbeat: asyncio.Task[None] | None = None

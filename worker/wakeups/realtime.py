@@ -1,6 +1,6 @@
 """Realtime wake-ups: a low-latency hint that work arrived, never the source of truth.
 
-The realtime client (2.34.1) can fail silently in several ways (see the Realtime research notes
+The realtime client (2.34.1) can fail silently in several ways (``docs/supabase-realtime.md``
 §6–§7): it gives up after ~15 s of outage without telling anyone, its message loop dies if a
 callback raises, a half-open socket goes unnoticed for ~47 s, and a channel can be closed for
 good by one server error. So:
