@@ -203,7 +203,21 @@ def demo(
     ] = False,
 ) -> None:
     """The whole pipeline on an embedded local stack, no credentials needed: start here."""
-    from worker import demo as demo_module
+    # The demo lives in the devstack, a dev dependency: the runtime image does not have it.
+    try:
+        import devstack.demo as demo_module
+    except ModuleNotFoundError as exc:
+        # Only the demo itself missing (no devstack; or, from a clone synced without the dev
+        # group, devstack/ seen as an empty namespace package). A module missing *inside* the
+        # devstack is a broken environment and must show as itself.
+        if exc.name not in ("devstack", "devstack.demo"):
+            raise
+        typer.echo(
+            "image-worker demo needs a clone of the image-worker repository with its dev "
+            "dependencies: in the clone, run `uv run image-worker demo`",
+            err=True,
+        )
+        raise typer.Exit(ExitCode.USAGE) from None
 
     options = demo_module.DemoOptions(jobs=jobs, report=report, keep_running=keep_running)
     raise typer.Exit(demo_module.run(options))

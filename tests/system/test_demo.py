@@ -74,19 +74,36 @@ def test_demo_runs_every_job_through_a_realtime_drop(tmp_path: Path, private_tmp
     assert leftovers == []
 
 
-def test_demo_without_dev_dependencies_says_how_to_run_it() -> None:
-    # The runtime image installs the package without its dev group: no asyncpg, no devstack.
+def run_demo_without(module: str) -> subprocess.CompletedProcess[str]:
+    """``image-worker demo`` in a process where ``module`` cannot be imported: None in
+    sys.modules makes ``import module`` (and of its submodules) raise ModuleNotFoundError."""
     script = (
-        "import sys; sys.modules['asyncpg'] = None; "
+        f"import sys; sys.modules[{module!r}] = None; "
         "sys.argv = ['image-worker', 'demo']; "
         "from worker.cli import main; main()"
     )
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 1
+
+
+def test_demo_without_the_devstack_says_it_needs_a_clone() -> None:
+    # The runtime image (and `pip install image-worker`) has the worker without its dev group:
+    # no devstack, where the demo lives.
+    done = run_demo_without("devstack")
+    assert done.returncode == 2, done.stderr
     assert done.stdout == ""
-    assert done.stderr.strip() == (
-        "the demo needs the development dependencies: "
-        "run it from a clone with `uv run image-worker demo`"
-    )
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "needs a clone" in lines[0] and "uv run image-worker demo" in lines[0]
+
+
+def test_demo_does_not_pass_a_broken_devstack_off_as_a_missing_one() -> None:
+    # The devstack is there but something it imports is not: that is a broken environment, and
+    # the error must say what is missing rather than send people to clone the repository.
+    done = run_demo_without("asyncpg")
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr
+    assert "ModuleNotFoundError" in done.stderr and "asyncpg" in done.stderr
+    assert "needs a clone" not in done.stderr

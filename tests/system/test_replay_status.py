@@ -13,12 +13,11 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from devstack.stack import DevStack
-from tests.helpers import instant_step, running_worker, wait_for, worker_settings
+from tests.helpers import REPO, instant_step, running_worker, wait_for, worker_settings
 
 
 @dataclass
@@ -31,7 +30,7 @@ class CliResult:
         return json.loads(self.stdout)
 
 
-REPLAY_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "replay_stuck_jobs.py"
+REPLAY_SCRIPT = REPO / "scripts" / "replay_stuck_jobs.py"
 
 
 async def cli(

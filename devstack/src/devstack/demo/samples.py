@@ -1,0 +1,59 @@
+"""The demo's sample jobs: varied prompts and aspect ratios, every generator answer the worker
+understands, one cold-start endpoint and one bad input; each says what it demonstrates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    prompt: str
+    aspect_ratio: str
+    model: str
+    # How the generator stand-in answers, sent as a ``[gen:…]`` token in the prompt (see
+    # devstack.generator): the demo shows every answer shape the worker understands.
+    answer: str
+    note: str  # what this job demonstrates, for people
+    expect_error: str | None = None  # the start of the error_message a designed failure gets
+
+    @property
+    def stored_prompt(self) -> str:
+        return f"{self.prompt} [gen:{self.answer}]"
+
+
+VARIED = (
+    SampleJob("a lighthouse on a cliff at dusk, oil painting", "16:9", "flux-schnell", "png", "PNG bytes"),
+    SampleJob("portrait of an astronaut made of stained glass", "9:16", "flux-dev", "jpeg", "JPEG bytes"),
+    SampleJob("an isometric tiny city on a floating island", "4:3", "sdxl-turbo", "base64", "JSON with base64"),
+    SampleJob("a bowl of ramen, studio lighting, top-down", "3:4", "flux-schnell", "image_url", "JSON image_url, downloaded"),
+    SampleJob("a panoramic desert canyon at sunrise", "21:9", "flux-dev", "redirect303:2", "Modal 303 redirect chain"),
+    SampleJob("a tall waterfall in a misty rainforest", "9:21", "sdxl-turbo", "slow:2", "slow generator (2 s)"),
+    SampleJob("a vintage bicycle leaning on a blue door", "3:2", "flux-schnell", "webp", "WebP bytes"),
+    SampleJob("a watercolor map of an imaginary archipelago", "2:3", "flux-dev", "b64_json", "JSON b64_json"),
+    SampleJob("a cozy reading nook with rain on the window", "1:1", "sdxl-turbo", "openai", "OpenAI Images JSON"),
+    SampleJob("a neon-lit street market at night", "16:9", "flux-schnell", "url", "JSON url, downloaded"),
+)  # fmt: skip
+COLD_START = SampleJob(
+    "a red fox curled up in fresh snow", "1:1", "flux-dev", "cold404:2",
+    "cold start: 404 'stopped' twice, then retried",
+)  # fmt: skip
+BAD_INPUT = SampleJob(
+    "a sailboat on a calm lake", "5:1", "flux-schnell", "png",
+    "bad input: no such aspect ratio", expect_error="aspect ratio '5:1' is not one of",
+)  # fmt: skip
+
+
+def sample_jobs(count: int) -> list[SampleJob]:
+    """``count`` (≥ 2) jobs: the varied ones (cycled), the cold start second, the bad input two
+    thirds of the way, so that it arrives after the Realtime drop."""
+    jobs = [_varied(i) for i in range(count - 2)]
+    jobs.insert(min(1, len(jobs)), COLD_START)
+    jobs.insert(max(1, 2 * count // 3), BAD_INPUT)
+    return jobs
+
+
+def _varied(i: int) -> SampleJob:
+    job = VARIED[i % len(VARIED)]
+    take = i // len(VARIED) + 1
+    return job if take == 1 else replace(job, prompt=f"{job.prompt} (take {take})")
