@@ -3,10 +3,12 @@
     async with DevStack() as stack:
         stack.env            # what a worker needs: SUPABASE_URL, keys, CLOUDINARY_URL, GENERATOR_URL
         stack.faults ...     # via stack.rest / stack.realtime / stack.cloudinary / stack.generator
+        stack.provider_env("replicate")  # GENERATOR_KIND/URL/TOKEN for a hosted-provider stand-in
 
 One aiohttp server plays the Supabase project (``/rest/v1``, ``/realtime/v1/websocket`` and the
 ``/admin`` fault switches on one port, like the real gateway); Cloudinary and the generator are
-separate servers on their own ports, like the real remote services.
+separate servers on their own ports, like the real remote services, and so are the hosted
+providers' stand-ins (``stack.replicate``, ``stack.openai``, ``stack.fal``: devstack.providers).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from devstack.cloudinary import CloudinaryStandIn
 from devstack.generator import GeneratorStandIn
 from devstack.keys import Keys
 from devstack.postgres import EmbeddedPostgres, bootstrap, create_database, drop_database
+from devstack.providers import FalStandIn, OpenAIStandIn, ReplicateStandIn
 from devstack.realtime import RealtimeServer
 from devstack.rest import RestApi
 from devstack.serve import serve
 
 Delivery = Literal["fast", "realistic"]
+GeneratorKind = Literal["http", "replicate", "openai", "fal"]
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:
@@ -111,6 +115,12 @@ class DevStack:
         self.generator = GeneratorStandIn()
         await self.generator.start(self.host, self._generator_port)
         stack.push_async_callback(self.generator.stop)
+        self.replicate = ReplicateStandIn()
+        self.openai = OpenAIStandIn()
+        self.fal = FalStandIn()
+        for provider in (self.replicate, self.openai, self.fal):
+            await provider.start(self.host)
+            stack.push_async_callback(provider.stop)
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.add_routes(self.rest.routes())
@@ -119,6 +129,8 @@ class DevStack:
         app.add_routes(self.realtime.admin_routes())
         app.add_routes(self.cloudinary.admin_routes())
         app.add_routes(self.generator.admin_routes())
+        for provider in (self.replicate, self.openai, self.fal):
+            app.add_routes(provider.admin_routes())
         app.router.add_get("/admin", self._admin_index)
         runner, self.url = await serve(app, self.host, self._port)
         stack.push_async_callback(runner.cleanup)
@@ -136,6 +148,22 @@ class DevStack:
             "GENERATOR_TOKEN": self.generator.token,
             "ALLOW_INSECURE_DOWNLOADS": "true",
         }
+
+    def provider_env(self, kind: GeneratorKind) -> dict[str, str]:
+        """``GENERATOR_KIND``, ``GENERATOR_URL`` and ``GENERATOR_TOKEN`` for one generator kind.
+
+        The URL is the stand-in's API base as each provider's own client takes it: Replicate
+        ``http://host:port`` (paths ``/v1/…``), OpenAI ``http://host:port/v1``, fal the queue host.
+        """
+        if kind == "http":
+            return {
+                "GENERATOR_KIND": "http",
+                "GENERATOR_URL": self.generator.url,
+                "GENERATOR_TOKEN": self.generator.token,
+            }
+        provider = {"replicate": self.replicate, "openai": self.openai, "fal": self.fal}[kind]
+        url = self.openai.api_base if kind == "openai" else provider.base_url
+        return {"GENERATOR_KIND": kind, "GENERATOR_URL": url, "GENERATOR_TOKEN": provider.token}
 
     def admin_endpoints(self) -> list[str]:
         paths = sorted(
