@@ -7,8 +7,8 @@
 #   docker run --rm --env-file .env -p 8080:8080 image-worker          # = image-worker run
 #   docker run --rm --env-file .env image-worker status                 # any other command
 #
-# scripts/check_image_install.sh runs this file's install step and entrypoint checks without a
-# Docker engine (CI); keep the two in step.
+# Without a Docker engine: scripts/build_image.sh builds this file with podman (as CI does), and
+# tests/system/test_container_image.py runs the built image against the devstack.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG UV_VERSION=0.13.9
@@ -23,16 +23,20 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
-# Dependencies first, in their own layer: rebuilt only when the lockfile changes.
+# Dependencies first, in their own layer: rebuilt only when the lockfile changes. --frozen
+# installs uv.lock as it is without reading the workspace members, so the devstack (dev only)
+# stays out of the build context entirely; CI checks the lock is current (`uv sync --locked`).
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 # Then the project itself, installed as a wheel (--no-editable) so the source tree stays behind.
-# Only the worker package: the devstack (local stand-ins) needs the dev dependencies anyway.
+# The wheel holds every file under worker/: .dockerignore keeps secrets and tests out of it.
+# --refresh-package: uv's cache (the cache mount outlives builds) keys a local project's wheel
+# by pyproject.toml only, so without it a changed worker/ would ship the previous build's code.
 COPY README.md ./
 COPY worker ./worker
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --no-editable --refresh-package image-worker
 
 # --- runtime: the same base image (the venv links to its interpreter), no uv, no build tools
 FROM ${PYTHON_IMAGE}

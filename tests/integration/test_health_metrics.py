@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.stack import DevStack

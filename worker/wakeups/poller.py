@@ -11,11 +11,6 @@ import random
 import time
 from collections.abc import Callable
 
-from loguru import logger
-
-from worker.observability import metrics
-from worker.store import JobStore
-
 Wake = Callable[[str], None]
 
 
