@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
 
+# The jobs table, in schema public: fixed, the SQL functions of the migrations name it.
+JOBS_TABLE = "jobs"
+
 
 class WorkerMode(StrEnum):
     REALTIME = "realtime"
@@ -43,7 +46,9 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = Field(60.0, ge=3)
     worker_shutdown_grace_seconds: float = Field(30.0, ge=0)
     job_max_attempts: int = Field(3, ge=1)
-    jobs_table: str = Field("jobs", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Retired in contract v2: the table is public.jobs and the SQL is static. Kept so that
+    # JOBS_TABLE=jobs (older deploy files) still starts; any other value is refused.
+    jobs_table: str = JOBS_TABLE
 
     generator_url: str | None = None
     generator_token: SecretStr = SecretStr("")
@@ -67,6 +72,16 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("jobs_table")
+    @classmethod
+    def _check_jobs_table(cls, value: str) -> str:
+        if value != JOBS_TABLE:
+            raise ValueError(
+                f"is retired: the worker uses public.{JOBS_TABLE}; "
+                f"unset it or set it to {JOBS_TABLE}"
+            )
         return value
 
     @field_validator("generator_url")

@@ -1,15 +1,54 @@
-"""The jobs migration: idempotent, and its RLS policies hold through the real supabase client."""
+"""The migrations: idempotent, their RLS policies hold through the real supabase client, and the
+functions are static SQL on public.jobs that behave exactly as the table-name versions did."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from devstack.postgres import bootstrap, migration_files
+from devstack.postgres import (
+    MIGRATIONS_DIR,
+    SQL_DIR,
+    bootstrap,
+    create_database,
+    drop_database,
+    migration_files,
+)
 from devstack.stack import DevStack
+
+# The migration that made every function static SQL on public.jobs (contract v2).
+STATIC_SQL_MIGRATION = "20261127000000_image_worker_static_sql.sql"
+# Every function the worker and its operator commands call, with its arguments.
+WORKER_FUNCTIONS = {
+    "image_worker_claim": "p_worker_id text, p_limit integer, "
+    "p_lease_seconds double precision, p_trigger text",
+    "image_worker_heartbeat": "p_id uuid, p_lease_token uuid, "
+    "p_lease_seconds double precision, p_progress integer",
+    "image_worker_complete_many": "p_jobs jsonb",
+    "image_worker_fail": "p_id uuid, p_lease_token uuid, p_error_message text",
+    "image_worker_retry": "p_id uuid, p_lease_token uuid, p_error_message text, "
+    "p_delay_seconds double precision, p_max_attempts integer",
+    "image_worker_release": "p_id uuid, p_lease_token uuid",
+    "image_worker_rescue": "p_max_attempts integer, p_limit integer",
+    "image_worker_replay_eligible": "p_status text, p_started_at timestamp with time zone, "
+    "p_lease_expires_at timestamp with time zone, p_named boolean, "
+    "p_stuck_seconds double precision, p_failed boolean, p_force boolean",
+    "image_worker_replay_candidates": "p_ids uuid[], p_stuck_seconds double precision, "
+    "p_failed boolean, p_limit integer",
+    "image_worker_replay": "p_ids uuid[], p_named boolean, p_stuck_seconds double precision, "
+    "p_failed boolean, p_force boolean, p_reason text",
+    "image_worker_status": "p_list_limit integer",
+}
 
 
 async def _client(stack: DevStack, token: str | None = None) -> AsyncClient:
@@ -32,6 +71,103 @@ async def test_migration_applies_twice_cleanly(stack: DevStack) -> None:
         "and tablename = 'jobs'"
     )
     assert publication == 1
+
+
+async def test_the_static_sql_migration_applies_twice_over_the_old_functions(
+    pg_server: str,
+) -> None:
+    """Applied where the table-name functions are (an existing project), then again: no error,
+    the same schema, and the second run changes nothing."""
+    async with _database(pg_server, _migrations(before=STATIC_SQL_MIGRATION)) as conn:
+        assert "p_table" in await conn.fetchval(
+            "select pg_get_function_identity_arguments('public.image_worker_claim'::regproc)"
+        )
+        static = (MIGRATIONS_DIR / STATIC_SQL_MIGRATION).read_text()
+        await conn.execute(static)
+        once = await _functions_snapshot(conn)
+        await conn.execute(static)
+        assert await _functions_snapshot(conn) == once
+        assert [name for name, _, _, _ in once] == sorted(WORKER_FUNCTIONS)
+
+
+async def test_functions_are_static_sql_on_public_jobs(stack: DevStack) -> None:
+    """After every migration: one definition per function (PostgREST never has to choose), none
+    takes the table name, none builds SQL at run time; callable by the service role only."""
+    rows = await stack.pool.fetch(
+        """
+        select p.proname::text as name, pg_get_function_identity_arguments(p.oid) as args,
+               coalesce(p.proargnames, '{}') as argnames, p.prosrc as body,
+               l.lanname::text as language, p.proconfig as config,
+               has_function_privilege('anon', p.oid, 'execute') as anon,
+               has_function_privilege('authenticated', p.oid, 'execute') as authenticated,
+               has_function_privilege('service_role', p.oid, 'execute') as service_role
+        from pg_proc p
+        join pg_namespace n on n.oid = p.pronamespace
+        join pg_language l on l.oid = p.prolang
+        where n.nspname = 'public' and p.proname like 'image\\_worker\\_%'
+        order by 1, 2
+        """
+    )
+    by_name: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append(row)
+    for row in rows:
+        assert "p_table" not in row["argnames"], row["name"]
+        assert not re.search(r"\bexecute\b", row["body"], re.IGNORECASE), row["name"]
+        assert "%1$I" not in row["body"], row["name"]
+    for name, args in WORKER_FUNCTIONS.items():
+        assert [r["args"] for r in by_name.get(name, [])] == [args], name
+        (row,) = by_name[name]
+        assert row["language"] in ("sql", "plpgsql"), name
+        assert "search_path=pg_catalog, public" in (row["config"] or []), name
+        assert (row["anon"], row["authenticated"], row["service_role"]) == (False, False, True)
+
+
+async def test_static_functions_behave_as_the_table_name_ones(pg_server: str) -> None:
+    """The same calls on a database with the old functions (p_table, dynamic SQL) and on one with
+    the static ones give the same answers and leave the same rows: locking aside, the semantics
+    are unchanged, guards, idempotency, messages and truncation included."""
+    old_files = _migrations(before=STATIC_SQL_MIGRATION)
+    new_files = [*old_files, MIGRATIONS_DIR / STATIC_SQL_MIGRATION]
+    async with _database(pg_server, old_files) as conn:
+        before = await _scenario(conn)
+    async with _database(pg_server, new_files) as conn:
+        assert "p_table" not in await conn.fetchval(
+            "select pg_get_function_identity_arguments('public.image_worker_claim'::regproc)"
+        )
+        after = await _scenario(conn)
+    assert len(after) == len(before)
+    for (step, old), (_, new) in zip(before, after, strict=True):
+        assert new == old, step
+    # The scenario did what it says (so that equal is not trivially equal).
+    observed = dict(after)
+    assert observed["claim 0"] == observed["claim null"] == []
+    assert {r["id"] for r in observed["claim 3"]} == {str(_job(i)) for i in (1, 2, 3)}
+    assert observed["heartbeat, wrong token"] is False
+    assert sorted(observed["complete_many"]) == sorted(
+        [[str(_job(1)), True], [str(_job(2)), False]]
+    )
+    assert observed["complete_many again"] == [[str(_job(1)), True]]
+    assert observed["complete_many, other token"] == [[str(_job(1)), False]]
+    assert observed["fail"] is observed["fail again"] is True
+    assert observed["fail, wrong token"] is False
+    assert observed["retry, last attempt"] == "failed"
+    assert observed["retry, not the holder"] is None
+    assert observed["release again"] is False
+    assert observed["progress"] == [50]
+    assert [r[:3] for r in observed["rescue the longest expired"]] == [[str(_job(4)), "pending", 1]]
+    assert [r[:3] for r in observed["rescue"]] == [[str(_job(6)), "failed", 3]]
+    assert [r[0] for r in observed["candidates, stuck for 10 s and failed"]] == [
+        str(_job(i)) for i in (2, 5, 6, 7, 8)
+    ]
+    assert [r[0] for r in observed["candidates, stuck"]] == [str(_job(8))]
+    assert observed["rescue again"] == []
+    assert len(observed["replay forced"]) == 2
+    table = {r["id"]: r for r in observed["rows"]}
+    assert observed["failed message"] == ["the generator said no " + "x" * 978]
+    assert table[str(_job(5))]["error_message"] == "gave up after 3 attempts: boom"
+    assert table[str(_job(6))]["error_message"].startswith("failed after 3 attempts")
+    assert len(table[str(_job(7))]["replay_reason"]) == 500
 
 
 async def test_user_inserts_and_reads_only_their_own_jobs(stack: DevStack) -> None:
@@ -148,3 +284,208 @@ async def _schema_snapshot(stack: DevStack) -> list[tuple]:
         """
     )
     return [tuple(r) for r in rows]
+
+
+def _migrations(*, before: str) -> list[Path]:
+    return [p for p in migration_files() if p.name < before]
+
+
+class _database:
+    """A fresh database on the test server with Supabase's bootstrap and the given migrations."""
+
+    def __init__(self, server: str, files: Iterable[Path]) -> None:
+        self._server, self._files = server, list(files)
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._dsn = await create_database(self._server)
+        self._conn = await asyncpg.connect(self._dsn)
+        await self._conn.execute((SQL_DIR / "supabase_bootstrap.sql").read_text())
+        for path in self._files:
+            await self._conn.execute(path.read_text())
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._conn.close()
+        await drop_database(self._server, self._dsn.rsplit("/", 1)[1])
+
+
+async def _functions_snapshot(conn: asyncpg.Connection) -> list[tuple]:
+    rows = await conn.fetch(
+        """
+        select p.proname::text, pg_get_function_identity_arguments(p.oid), p.prosrc,
+               coalesce(p.proacl::text, '')
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname = 'public' and p.proname like 'image\\_worker\\_%'
+        order by 1, 2
+        """
+    )
+    return [tuple(r) for r in rows]
+
+
+def _job(i: int) -> uuid.UUID:
+    """Job i is the i-th oldest; ids run the other way, so an order by id shows."""
+    return uuid.UUID(int=100 - i)
+
+
+class _Normaliser:
+    """Makes the answers of two databases comparable: lease tokens become t0, t1… in order of
+    appearance, timestamps "set" (run_after: "due" or "later"), ages and lease times their sign."""
+
+    TIMES = ("created_at", "updated_at", "started_at", "completed_at", "lease_expires_at")
+    TIMES += ("replayed_at",)
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    def token(self, value: object) -> str | None:
+        if value is None:
+            return None
+        return self.tokens.setdefault(str(value), f"t{len(self.tokens)}")
+
+    def __call__(self, value: Any, key: str = "", now: datetime | None = None) -> Any:
+        if isinstance(value, dict | asyncpg.Record):
+            return {k: self(v, k, now) for k, v in dict(value).items()}
+        if isinstance(value, list | tuple):
+            return [self(v, key, now) for v in value]
+        if key == "lease_token":
+            return self.token(value)
+        if key == "run_after" and isinstance(value, datetime) and now is not None:
+            return "due" if value <= now else "later"
+        if key in self.TIMES or key == "run_after":
+            return None if value is None else "set"
+        if isinstance(value, float):
+            return (value > 0) - (value < 0)
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        return value
+
+
+async def _scenario(conn: asyncpg.Connection) -> list[tuple[str, Any]]:
+    """Every function, on its happy path and on each of its guards, called without p_table (the
+    old functions take their default, 'jobs'). Returns (step, normalised answer) pairs."""
+    norm = _Normaliser()
+    seen: list[tuple[str, Any]] = []
+    tokens: dict[str, str] = {}
+
+    async def call(step: str, sql: str, *args: Any, ordered: bool = False) -> Any:
+        rows = await conn.fetch(sql, *args)
+        values = [tuple(r) if len(r) > 1 else r[0] for r in rows]
+        values = [json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in values]
+        if not ordered and len(values) > 1:  # UPDATE … RETURNING promises no order
+            values.sort(key=lambda v: str(v["id"] if isinstance(v, dict) else v[0]))
+        answer = norm(values[0] if sql.lstrip().startswith("select public.") else values)
+        seen.append((step, answer))
+        return values
+
+    async def claim(step: str, *args: Any) -> None:
+        for row in await call(
+            step, "select * from public.image_worker_claim($1, $2, $3, $4)", *args
+        ):
+            tokens[row["id"]] = row["lease_token"]
+            norm.token(row["lease_token"])
+
+    def tok(i: int) -> uuid.UUID:
+        return uuid.UUID(tokens[str(_job(i))])
+
+    wrong = uuid.UUID(int=999)
+    for i in range(1, 9):
+        await conn.execute(
+            "insert into public.jobs (id, prompt, created_at) "
+            "values ($1, 'a lighthouse', now() - make_interval(secs => 100 - $2))",
+            _job(i),
+            i,
+        )
+
+    await claim("claim 0", "w1", 0, 60.0, "poll")
+    await claim("claim null", "w1", None, 60.0, "poll")
+    await claim("claim 3", "w1", 3, 60.0, "poll")
+
+    heartbeat = "select public.image_worker_heartbeat($1, $2, $3, $4)"
+    await call("heartbeat, wrong token", heartbeat, _job(1), wrong, 60.0, 40)
+    await call("heartbeat with progress", heartbeat, _job(1), tok(1), 60.0, 50)
+    await call("heartbeat keeps progress", heartbeat, _job(1), tok(1), 120.0, None)
+    await call("progress", "select progress from public.jobs where id = $1", _job(1))
+
+    complete = "select * from public.image_worker_complete_many($1::jsonb)"
+
+    def results(*jobs: tuple[int, uuid.UUID]) -> str:
+        return json.dumps(
+            [
+                {
+                    "id": str(_job(i)),
+                    "lease_token": str(t),
+                    "image_url": f"https://img/{i}.png",
+                    "thumbnail_url": f"https://img/{i}_t.png",
+                }
+                for i, t in jobs
+            ]
+        )
+
+    await call("complete_many", complete, results((1, tok(1)), (2, wrong)))
+    await call("complete_many again", complete, results((1, tok(1))))
+    await call("complete_many, other token", complete, results((1, wrong)))
+
+    fail = "select public.image_worker_fail($1, $2, $3)"
+    await call("fail", fail, _job(2), tok(2), "the generator said no " + "x" * 2000)
+    await call("fail again", fail, _job(2), tok(2), "a second reason")
+    await call("fail, wrong token", fail, _job(2), wrong, "y")
+    await call("fail, completed job", fail, _job(1), tok(1), "z")
+    await call("failed message", "select error_message from public.jobs where id = $1", _job(2))
+
+    retry = "select public.image_worker_retry($1, $2, $3, $4, $5)"
+    await call("retry", retry, _job(3), tok(3), "boom", 60.0, 3)
+    await call("retry, not the holder", retry, _job(3), tok(3), "boom", 60.0, 3)
+    await claim("claim 2", "w2", 2, 60.0, "sweep")  # 4 and 5: 3 waits for its retry delay
+    await conn.execute("update public.jobs set attempts = 3 where id = $1", _job(5))
+    await call("retry, last attempt", retry, _job(5), tok(5), "boom", 0.0, 3)
+
+    release = "select public.image_worker_release($1, $2)"
+    await call("release", release, _job(4), tok(4))
+    await call("release again", release, _job(4), tok(4))
+
+    await claim("claim 5", "w3", 5, 60.0, None)  # 4, 6, 7, 8
+    await conn.execute(
+        "update public.jobs set lease_expires_at = now() - interval '2 minutes' where id = $1",
+        _job(4),
+    )
+    await conn.execute(
+        "update public.jobs set lease_expires_at = now() - interval '1 minute', attempts = 3, "
+        "progress = 70 where id = $1",
+        _job(6),
+    )
+    await conn.execute(
+        "update public.jobs set started_at = now() - interval '1 hour' where id = $1", _job(7)
+    )
+    status = "select public.image_worker_status($1)"
+    await call("status, 2 per list", status, 2)
+    rescue = "select * from public.image_worker_rescue($1, $2)"
+    await call("rescue the longest expired", rescue, 3, 1)
+    await call("rescue", rescue, 3, 500)
+    await call("rescue again", rescue, 3, 500)
+    # Running without a lease (written by hand, or by an older worker): stuck, though rescue,
+    # which looks for an expired lease, leaves it to replay.
+    await conn.execute("update public.jobs set lease_expires_at = null where id = $1", _job(8))
+
+    candidates = "select * from public.image_worker_replay_candidates($1, $2, $3, $4)"
+    await call("candidates, stuck", candidates, None, None, False, 10000, ordered=True)
+    await call(
+        "candidates, stuck for 10 s and failed", candidates, None, 10.0, True, 10000, ordered=True
+    )
+    await call("candidates, limit 1", candidates, None, 10.0, True, 1, ordered=True)
+    await call(
+        "candidates, named", candidates, [_job(7), _job(1), _job(42)], None, False, 10, ordered=True
+    )
+
+    replay = "select * from public.image_worker_replay($1, $2, $3, $4, $5, $6)"
+    named = [_job(7), _job(2)]
+    await call("replay unforced", replay, named, False, None, False, False, "r")
+    await call("replay forced", replay, named, True, None, False, True, "r" * 600)
+    await call("replay, nothing left", replay, named, True, None, False, True, "again")
+
+    await call("status", status, 20)
+    await call("status, 1 per list", status, 1)
+
+    now = await conn.fetchval("select now()")
+    rows = await conn.fetch("select * from public.jobs order by id")
+    seen.append(("rows", [norm(dict(r), now=now) for r in rows]))
+    return seen

@@ -327,6 +327,26 @@ async def test_status_shows_counts_running_stuck_and_failures(stack: DevStack) -
     assert "stuck (running, lease expired): 1" in human.stdout
 
 
+async def test_jobs_table_is_jobs_or_refused(stack: DevStack) -> None:
+    """JOBS_TABLE is retired: `jobs` works as before; another table stops the command before it
+    touches the database, in one line."""
+    dead = await dead_worker_job(stack)
+    accepted = await cli(stack, "status", "--json", env={"JOBS_TABLE": "jobs"})
+    assert accepted.code == 0, accepted.stderr
+    assert accepted.json()["table"] == "jobs"
+    assert accepted.json()["stuck_count"] == 1
+
+    for command in (("status",), ("replay", "--yes")):
+        refused = await cli(stack, *command, env={"JOBS_TABLE": "other"})
+        assert refused.code == 2
+        assert refused.stderr.splitlines() == [
+            "configuration error: JOBS_TABLE: is retired: the worker uses public.jobs; "
+            "unset it or set it to jobs"
+        ]
+        assert refused.stdout == ""
+    assert (await rows(stack))[dead]["status"] == "running"  # replay changed nothing
+
+
 @pytest.mark.parametrize("command", [("status",), ("replay", "--dry-run")])
 async def test_unreachable_database_is_one_clear_line(stack: DevStack, command) -> None:
     result = await cli(stack, *command, env={"SUPABASE_URL": "http://127.0.0.1:9"})

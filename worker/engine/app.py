@@ -114,11 +114,10 @@ class Worker:
             self.store, executor, s.worker_concurrency, s.worker_id
         )
         self._log.info(
-            "worker starting: mode={} concurrency={} lease={:g}s table={}",
+            "worker starting: mode={} concurrency={} lease={:g}s table=jobs",
             s.worker_mode,
             s.worker_concurrency,
             s.worker_lease_seconds,
-            s.jobs_table,
         )
         services: dict[str, asyncio.Task[None]] = {}
         services["completer"] = asyncio.create_task(completer.run(), name="completer")

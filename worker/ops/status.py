@@ -8,7 +8,7 @@ from typing import Any
 from worker.errors import ExitCode
 from worker.observability.redact import redact
 from worker.ops.render import consoles, describe_store_error, print_json, print_status
-from worker.settings import Settings
+from worker.settings import JOBS_TABLE, Settings
 from worker.store import StoreError
 from worker.store.operations import OperatorQueries
 
@@ -30,7 +30,7 @@ def status_command(settings: Settings, *, as_json: bool, list_limit: int) -> int
     except StoreError as exc:
         err.print(describe_store_error(settings, exc), markup=False)
         return ExitCode.FAILURE
-    report = _normalise_status(settings, report)
+    report = _normalise_status(report)
     if as_json:
         print_json(report)
     else:
@@ -51,9 +51,9 @@ STATUS_KEYS = (
 )
 
 
-def _normalise_status(settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
+def _normalise_status(raw: dict[str, Any]) -> dict[str, Any]:
     report = {key: raw.get(key) for key in STATUS_KEYS}
-    report["table"] = settings.jobs_table
+    report["table"] = JOBS_TABLE  # always "jobs" since contract v2; the key stays for scripts
     report["counts"] = {
         k: int((raw.get("counts") or {}).get(k, 0))
         for k in ("pending", "running", "complete", "failed", "total")

@@ -20,7 +20,7 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from worker.http import pooled_client
 from worker.jobs import Job
-from worker.settings import Settings
+from worker.settings import JOBS_TABLE, Settings
 from worker.store import functions
 from worker.store.interface import ClaimedJob, Completion, RescuedJob, StoreError
 
@@ -68,7 +68,6 @@ class PostgrestConnection:
         return self._client
 
     async def rpc(self, operation: str, fn: str, params: dict[str, Any]) -> Any:
-        params = {**params, "p_table": self._settings.jobs_table}
         return await self.execute(operation, self.client.rpc(fn, params))
 
     async def execute(self, operation: str, request: Any) -> Any:
@@ -194,7 +193,7 @@ class PostgrestStore:
 
     async def ping(self) -> None:
         """A one-row select: proves the database answers and the table exists."""
-        request = self._db.client.table(self._settings.jobs_table).select("id").limit(1)
+        request = self._db.client.table(JOBS_TABLE).select("id").limit(1)
         await self._db.execute("ping", request.retry(False))
 
 

@@ -164,13 +164,13 @@ class RealtimeWakeups:
             token=s.supabase_service_role_key.get_secret_value(),
             auto_reconnect=True,
         )
-        channel = client.channel(f"image-worker:{s.jobs_table}")
+        channel = client.channel("image-worker:jobs")
         for event in ("INSERT", "UPDATE"):
             # UPDATE too: a job set back to pending (replay, rescue, release) is new work.
             channel.on_postgres_changes(
                 event,
                 schema="public",
-                table=s.jobs_table,
+                table="jobs",  # public.jobs: fixed since contract v2
                 filter="status=eq.pending",
                 callback=self._on_change,
             )

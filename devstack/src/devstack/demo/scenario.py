@@ -287,7 +287,7 @@ class Demo:
     ) -> None:
         key = stack.keys.service_role_key
         commands = (
-            f"export SUPABASE_URL={stack.url} SUPABASE_SERVICE_ROLE_KEY={key} JOBS_TABLE=jobs",
+            f"export SUPABASE_URL={stack.url} SUPABASE_SERVICE_ROLE_KEY={key}",
             "uv run image-worker status",
             "uv run image-worker replay --failed --dry-run",
             'curl -s "$SUPABASE_URL/rest/v1/jobs" -H "apikey: $SUPABASE_SERVICE_ROLE_KEY" '
