@@ -18,7 +18,7 @@ from PIL import Image
 from devstack.cloudinary import CloudinaryStandIn
 from worker.errors import JobFailed
 from worker.jobs import Job
-from worker.pipeline.cloudinary.upload import (
+from worker.pipeline.cloudinary import (
     CloudinaryAccount,
     CloudinaryUploader,
     encode_context,

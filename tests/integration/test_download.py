@@ -16,7 +16,8 @@ import pytest_asyncio
 
 from devstack.generator import GeneratorStandIn
 from worker.errors import JobFailed
-from worker.pipeline.download import ImageDownloader, IPAddress, UrlPolicy, address_category
+from worker.pipeline.addresses import IPAddress, UrlPolicy, address_category
+from worker.pipeline.download import ImageDownloader
 from worker.pipeline.images import sniff_image
 from worker.settings import Settings
 

@@ -19,7 +19,8 @@ from loguru import logger
 from devstack.generator import GeneratorStandIn
 from worker.errors import JobFailed
 from worker.jobs import Job
-from worker.pipeline.download import ImageDownloader, UrlPolicy
+from worker.pipeline.addresses import UrlPolicy
+from worker.pipeline.download import ImageDownloader
 from worker.pipeline.generator import GeneratedImage, GeneratorClient
 from worker.pipeline.images import sniff_image
 from worker.settings import Settings
@@ -419,7 +420,7 @@ async def test_token_never_in_messages_or_logs(
             messages.append(exc.message)
     assert messages[0] == (
         'generator rejected the request: HTTP 400: {"error": "bad request, you sent: Bearer '
-        '[redacted]"}'
+        '[REDACTED]"}'
     )
     assert log_lines and any("generator attempt" in line for line in log_lines)
     for text in messages + log_lines:

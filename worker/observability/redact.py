@@ -3,6 +3,10 @@
 Known secret values (service-role key, Cloudinary secret, generator token) are replaced wherever
 they appear; so are the shapes secrets travel in even when the value is not known to us: an
 ``apikey=`` query parameter, a bearer token, a JWT, credentials inside a URL.
+
+There is one redactor, ``redact``, and one mask, ``MASK``. The worker registers its settings'
+secrets at start; a module holding a secret of its own registers it too (``redact.add``), so
+that whatever it says is masked the same way everywhere.
 """
 
 from __future__ import annotations
@@ -35,10 +39,17 @@ class Redactor:
         # Longest first, so a secret that contains another is masked whole.
         self._secrets = sorted(merged, key=len, reverse=True)
 
-    def __call__(self, text: str) -> str:
+    def mask_known(self, text: str) -> str:
+        """Only the registered secret values masked, not the shapes: for a remote server's words
+        quoted in an error message, which stay readable ("invalid bearer token") and are
+        redacted in full where they leave the process (log sinks, job rows)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        return text
+
+    def __call__(self, text: str) -> str:
+        text = self.mask_known(text)
         for pattern in _PATTERNS:
             text = pattern.sub(_mask_match, text)
         return text

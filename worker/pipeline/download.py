@@ -4,11 +4,8 @@ The URL comes from a remote service, so it is treated as hostile (SSRF): it coul
 worker at the cloud metadata service, at an internal admin page, or at an endless stream.
 Rules, checked on the first URL and again on EVERY redirect hop (at most ``MAX_REDIRECTS``):
 
-* ``https`` only, no ``user:password@`` part;
-* the host is resolved and every address must be public: loopback, private (RFC 1918, ULA),
-  link-local, CGNAT, multicast, reserved, unspecified and IPv4-mapped forms of those are
-  refused, and so are the metadata endpoints (169.254.169.254, fd00:ec2::254,
-  metadata.google.internal);
+* the URL and the addresses its host resolves to must pass ``UrlPolicy``
+  (``worker.pipeline.addresses``: https only, public addresses only, no metadata endpoints);
 * the address the connection actually reached is checked again before the body is read, so a
   DNS answer that changes between our lookup and httpx's (DNS rebinding) is caught too;
 * ``Content-Length`` over ``MAX_IMAGE_BYTES`` is refused before reading, and the body is counted
@@ -17,15 +14,9 @@ Rules, checked on the first URL and again on EVERY redirect hop (at most ``MAX_R
 * the whole download, all hops and retries included, has one deadline (``asyncio.timeout``):
   httpx's timeouts are per socket read, and a server sending a byte a second never trips them.
 
-``ALLOW_INSECURE_DOWNLOADS=true`` (local stacks only) allows plain ``http`` and loopback
-addresses. Private (RFC 1918, ULA, CGNAT) addresses stay refused even then, on purpose: the
-devstack runs with the flag on and its generator stand-in can answer with private and metadata
-URLs (``[gen:private_url]``) that must never be contacted; every local stack of this project
-lives on loopback. ``UrlPolicy(allow_private=True)`` is the switch should a LAN stack need it.
-
 The downloader has its OWN httpx client: no generator token, no custom headers (httpx forwards
 custom headers across origins on redirects), and ``trust_env=False`` so proxy variables cannot
-reroute it. Connection errors, 408, 429 and 5xx are retried twice, briefly, within the deadline;
+reroute it. Connection errors, 408, 425, 429 and 5xx are retried twice, briefly, within the deadline;
 everything else fails the job at once with a ``JobFailed`` (reason ``download``, or
 ``image_too_large``).
 """
@@ -33,11 +24,7 @@ everything else fails the job at once with a ``JobFailed`` (reason ``download``,
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import httpx
 from loguru import logger
@@ -49,116 +36,15 @@ from tenacity import (
 )
 
 from worker.errors import JobFailed, TransientError
+from worker.http import BodyTooLarge, is_transient, media_type, read_capped
+from worker.pipeline.addresses import UrlPolicy, parse_address
 from worker.pipeline.images import human_size, sniff_image, too_large
 from worker.settings import Settings
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 MAX_REDIRECTS = 5
 DEFAULT_DEADLINE_SECONDS = 60.0
 DOWNLOAD_ATTEMPTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
-
-METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
-METADATA_ADDRESSES = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-_PRIVATE_CATEGORIES = frozenset({"a private address", "a CGNAT address"})
-
-
-async def system_resolver(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to, as the OS would connect (odd spellings such as
-    ``0x7f.1`` or ``2130706433`` come back normalised, here 127.0.0.1)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    # Drop an IPv6 zone ("fe80::1%eth0") before parsing; the address itself is what matters.
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-
-
-def address_category(ip: IPAddress) -> str | None:
-    """None for a public address, else what it is, phrased for an error message."""
-    if ip in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return address_category(ip.ipv4_mapped)
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT:
-        return "a CGNAT address"
-    if ip.is_reserved:  # before is_private, which also covers 240.0.0.0/4
-        return "a reserved address"
-    if ip.is_private:
-        return "a private address"
-    if not ip.is_global:
-        return "a reserved address"
-    return None
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    """Which URLs the downloader may fetch. Built from settings in production; tests inject
-    one to exercise a rule in isolation (e.g. trust the loopback stand-in for the first hop and
-    watch the redirect hop be refused)."""
-
-    allow_http: bool = False
-    allow_loopback: bool = False
-    allow_private: bool = False  # RFC 1918, ULA and CGNAT addresses
-    trusted_addresses: frozenset[IPAddress] = frozenset()  # exempt from the address rules
-    resolver: Resolver = field(default=system_resolver, compare=False)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> UrlPolicy:
-        # The contract: plain http and loopback/private addresses, for a local stack only.
-        # Metadata, link-local and the other special ranges stay refused regardless.
-        insecure = settings.allow_insecure_downloads
-        return cls(allow_http=insecure, allow_loopback=insecure, allow_private=insecure)
-
-    def address_problem(self, ip: IPAddress) -> str | None:
-        if ip in self.trusted_addresses:
-            return None
-        category = address_category(ip)
-        if category == "a loopback address" and self.allow_loopback:
-            return None
-        if category in _PRIVATE_CATEGORIES and self.allow_private:
-            return None
-        return category
-
-    async def check(self, url: httpx.URL, what: str) -> None:
-        """Raise ``JobFailed`` unless ``url`` may be fetched. ``what`` names it in messages."""
-        if url.scheme not in ("http", "https"):
-            raise JobFailed(f"{what} must use https (got {url.scheme or 'no'} scheme)", "download")
-        if url.scheme == "http" and not self.allow_http:
-            raise JobFailed(f"{what} must use https", "download")
-        if url.userinfo:
-            raise JobFailed(f"{what} must not contain a user name or password", "download")
-        host = url.host.rstrip(".").lower()
-        if not host:
-            raise JobFailed(f"{what} has no host", "download")
-        if host in METADATA_HOSTS:
-            raise JobFailed(f"{what} points to a cloud metadata address", "download")
-        try:
-            addresses = await self.resolver(
-                host, url.port or (443 if url.scheme == "https" else 80)
-            )
-        except (OSError, UnicodeError, ValueError):
-            raise JobFailed(
-                f"{what} host {_short(host)!r} could not be resolved", "download"
-            ) from None
-        if not addresses:
-            raise JobFailed(f"{what} host {_short(host)!r} could not be resolved", "download")
-        # Every address, not just the first: the OS (or a retry) may connect to any of them.
-        for ip in addresses:
-            if problem := self.address_problem(ip):
-                raise JobFailed(f"{what} points to {problem} ({ip})", "download")
 
 
 class ImageDownloader:
@@ -253,7 +139,7 @@ class ImageDownloader:
         if not peer:
             return
         try:
-            ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+            ip = parse_address(str(peer[0]))
         except ValueError:
             return
         if problem := self._policy.address_problem(ip):
@@ -261,11 +147,14 @@ class ImageDownloader:
 
     async def _read_image(self, response: httpx.Response) -> bytes:
         status = response.status_code
-        if status >= 500 or status in TRANSIENT_STATUSES:
+        if is_transient(status):
             raise TransientError(f"HTTP {status}")
         if not 200 <= status < 300:
             raise JobFailed(f"image download failed: HTTP {status}", "download")
-        data = await read_capped(response, self._max_bytes)
+        try:
+            data = await read_capped(response, self._max_bytes)
+        except BodyTooLarge as exc:
+            raise too_large(exc.size, self._max_bytes) from None
         if sniff_image(data) is None:
             content_type = media_type(response) or "no content type"
             if content_type.startswith("image/"):
@@ -274,31 +163,3 @@ class ImageDownloader:
                 detail = content_type
             raise JobFailed(f"downloaded file is not an image ({detail})", "download")
         return data
-
-
-async def read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body of a streamed response, refusing more than ``limit`` bytes.
-
-    ``Content-Length`` is checked first (no download at all), then the bytes are counted as
-    they arrive, for servers that send no length or a wrong one.
-    """
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in response.aiter_bytes():
-        received += len(chunk)
-        if received > limit:
-            raise too_large(None, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def media_type(response: httpx.Response) -> str:
-    """The Content-Type without parameters, lower-cased ("" when absent)."""
-    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -44,10 +44,19 @@ from loguru import logger
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from worker.errors import JobFailed, TransientError
-from worker.http import pooled_client, really_timed_out
+from worker.http import (
+    BodyTooLarge,
+    is_transient,
+    media_type,
+    pooled_client,
+    read_capped,
+    read_start,
+    really_timed_out,
+)
 from worker.jobs import Job
 from worker.observability import metrics
-from worker.pipeline.download import ImageDownloader, media_type, read_capped
+from worker.observability.redact import redact
+from worker.pipeline.download import ImageDownloader
 from worker.pipeline.images import sniff_image, too_large
 from worker.settings import Settings
 
@@ -55,7 +64,6 @@ if TYPE_CHECKING:
     from loguru import Logger
 
 STOPPED_MARKER = "app for invoked web endpoint is stopped"
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
 EXCERPT_CHARS = 200
 EXCERPT_READ_BYTES = 4096
 NOT_AN_IMAGE = "not a PNG, JPEG, WebP or GIF image"
@@ -97,6 +105,9 @@ class GeneratorClient:
         self._delays = settings.generator_retry_delays
         self._max_bytes = settings.max_image_bytes
         self._downloader = downloader
+        # A misconfigured endpoint may echo the request headers back: what it says is quoted
+        # in messages only after the shared redactor has masked the token.
+        redact.add([self._token])
         headers = {"User-Agent": "image-worker", "Accept": "image/*, application/json"}
         if self._token:
             # Default headers: httpx drops Authorization on cross-origin redirects by itself.
@@ -178,7 +189,7 @@ class GeneratorClient:
                     if 200 <= status < 300:
                         body = await self._read_success(response, content_type)
                     else:
-                        body = await _read_start(response, EXCERPT_READ_BYTES)
+                        body = await read_start(response, EXCERPT_READ_BYTES)
         except TimeoutError:
             outcome = f"timed out after {self._timeout:g} s"
             raise _Transient("timeout") from None
@@ -224,19 +235,22 @@ class GeneratorClient:
         excerpt = self._excerpt(body)
         if status == 404 and STOPPED_MARKER in excerpt.lower():
             raise _Transient("stopped", "HTTP 404 endpoint stopped")
-        if status >= 500 or status in TRANSIENT_STATUSES:
+        if is_transient(status):
             raise _Transient("status", f"HTTP {status}")
         detail = f"HTTP {status}: {excerpt}" if excerpt else f"HTTP {status}"
         raise JobFailed(f"generator rejected the request: {detail}", "generator_rejected")
 
     async def _read_success(self, response: httpx.Response, content_type: str) -> bytes:
         if not _is_json(content_type):
-            return await read_capped(response, self._max_bytes)
+            try:
+                return await read_capped(response, self._max_bytes)
+            except BodyTooLarge as exc:
+                raise too_large(exc.size, self._max_bytes) from None
         # Base64 in JSON is 4/3 the image size; the decoded size is checked once parsed. A JSON
         # body over even this cap holds an image over the limit, whatever its exact size.
         try:
             return await read_capped(response, self._max_bytes * 4 // 3 + 65536)
-        except JobFailed:
+        except BodyTooLarge:
             raise too_large(None, self._max_bytes) from None
 
     async def _interpret(self, answer: _Answer, log: Logger) -> GeneratedImage:
@@ -307,12 +321,8 @@ class GeneratorClient:
 
     def _excerpt(self, body: bytes) -> str:
         """A short single line of a server's answer, safe for a job row."""
-        text = self._redact(" ".join(body.decode("utf-8", "replace").split()))
+        text = redact.mask_known(" ".join(body.decode("utf-8", "replace").split()))
         return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
-
-    def _redact(self, text: str) -> str:
-        # A misconfigured endpoint may echo the request headers back.
-        return text.replace(self._token, "[redacted]") if self._token else text
 
 
 def attempt_outcome(status: int | None, detail: str = "") -> str:
@@ -345,15 +355,3 @@ def _text_field(fields: dict[str, Any], key: str) -> str | None:
 
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
-
-
-async def _read_start(response: httpx.Response, limit: int) -> bytes:
-    """The first ``limit`` bytes of an error body: enough to classify and quote it."""
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        received += len(chunk)
-        if received >= limit:
-            break
-    return b"".join(chunks)[:limit]

@@ -18,10 +18,15 @@ the requested ``aspect_ratio`` string is sent along too, so a generator may do i
 | 9:21 | 640 × 1536 |
 
 Formats accepted from a generator, recognised by their first bytes (never by the declared
-content type, which generators and CDNs get wrong): PNG, JPEG, WebP, GIF.
+content type, which generators and CDNs get wrong): PNG, JPEG, WebP, GIF, the contract's four.
+``IMAGE_FORMATS`` is the worker's one table of them: every check (generator answers, downloads,
+the bytes handed to the Cloudinary upload) goes through ``sniff_image``.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 from worker.errors import JobFailed
 from worker.jobs import Job
@@ -41,7 +46,21 @@ DIMENSIONS: dict[str, tuple[int, int]] = {
 
 assert set(DIMENSIONS) == set(ASPECT_RATIOS), "the table must cover exactly the contract's ratios"
 
-IMAGE_FORMATS = ("png", "jpeg", "webp", "gif")
+
+@dataclass(frozen=True)
+class ImageFormat:
+    extension: str  # for file names; JPEG's is "jpg", as Cloudinary names it
+    media_type: str
+    magic: re.Pattern[bytes]  # matched at the start of the data
+
+
+IMAGE_FORMATS: dict[str, ImageFormat] = {
+    "png": ImageFormat("png", "image/png", re.compile(rb"\x89PNG\r\n\x1a\n")),
+    "jpeg": ImageFormat("jpg", "image/jpeg", re.compile(rb"\xff\xd8\xff")),
+    # A RIFF container (any length) whose form type is WEBP; RIFF alone may be WAVE or AVI.
+    "webp": ImageFormat("webp", "image/webp", re.compile(rb"RIFF.{4}WEBP", re.DOTALL)),
+    "gif": ImageFormat("gif", "image/gif", re.compile(rb"GIF8[79]a")),
+}
 
 
 def validate_job(job: Job, settings: Settings) -> tuple[int, int]:
@@ -67,15 +86,7 @@ def validate_job(job: Job, settings: Settings) -> tuple[int, int]:
 
 def sniff_image(data: bytes) -> str | None:
     """The image format by magic bytes: "png", "jpeg", "webp", "gif", or None if not an image."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    return None
+    return next((name for name, fmt in IMAGE_FORMATS.items() if fmt.magic.match(data)), None)
 
 
 def human_size(n: int) -> str:

@@ -10,7 +10,7 @@ import time
 
 from worker.jobs import Job, JobResult, Progress
 from worker.observability import metrics
-from worker.pipeline.cloudinary.upload import CloudinaryUploader
+from worker.pipeline.cloudinary import CloudinaryUploader
 from worker.pipeline.download import ImageDownloader
 from worker.pipeline.generator import GeneratorClient
 from worker.pipeline.images import validate_job

@@ -1,4 +1,4 @@
-"""The worker's one module that talks to Cloudinary: upload a job's image, build thumbnail URLs.
+"""The upload of a job's image to Cloudinary: one signed request, retried when worth it.
 
 Design, and why:
 
@@ -9,35 +9,25 @@ Design, and why:
   cancel an upload, and gives exact statuses for retry decisions. The SDK still does everything
   Cloudinary-specific: ``build_upload_params``, ``sign_request`` (signature v2),
   ``cloudinary_api_url`` and ``CloudinaryImage.build_url``.
-* **No global SDK config.** ``CLOUDINARY_URL`` is parsed here, the way the SDK parses it (query
-  options become config keys), with ``true``/``false`` turned into booleans (the SDK keeps the
-  string ``"false"``, which is truthy). Every SDK call gets its options explicitly, so what the
-  SDK read from the environment at import time never matters.
 * **One asset per job.** ``public_id = "<CLOUDINARY_FOLDER>/<job_id>"`` (the folder is written
   into the id and no ``folder`` parameter is sent, so fixed and dynamic folder accounts behave
   alike), ``overwrite`` and ``invalidate`` on: a re-run replaces the asset and purges CDN copies.
-* **Context is encoded here**, not by the SDK, which escapes neither backslashes nor keys: a value
-  ending in ``\\`` would swallow the next pair's ``|``. ``\\``, ``|`` and ``=`` are
-  backslash-escaped; empty values are left out (the SDK would send ``None``); values are cut to
-  the API's 1024 characters.
-* **Delivery host.** Thumbnails are ``https://res.cloudinary.com/<cloud>/...`` unless
-  ``CLOUDINARY_URL`` carries the SDK's own delivery options (``cname``, ``secure_distribution``,
-  ``private_cdn``, ``secure``, ...). The devstack's stand-in sets ``cname=HOST:PORT&secure=false``
-  so thumbnails resolve against it; real accounts set none of them.
+* **Only checked image bytes are sent**: PNG, JPEG, WebP or GIF by their magic bytes
+  (``worker.pipeline.images``), within ``MAX_IMAGE_BYTES``.
+
+The account (``CLOUDINARY_URL``) is parsed in ``account``, the context metadata encoded in
+``context``, thumbnail URLs built in ``delivery``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import cloudinary.utils
 import httpx
-from cloudinary import CloudinaryImage
 from loguru import logger
 from tenacity import (
     AsyncRetrying,
@@ -51,32 +41,12 @@ from worker.errors import JobFailed, TransientError
 from worker.http import pooled_client, really_timed_out
 from worker.jobs import Job
 from worker.observability import metrics
+from worker.observability.redact import redact
+from worker.pipeline.cloudinary.account import CloudinaryAccount
+from worker.pipeline.cloudinary.context import encode_context, job_context
+from worker.pipeline.cloudinary.delivery import build_thumbnail_url, parse_delivery_url
+from worker.pipeline.images import IMAGE_FORMATS, ImageFormat, sniff_image
 from worker.settings import MissingSetting, Settings
-
-CONTEXT_VALUE_MAX_CHARS = 1024
-# The API refuses control characters in context values, except newlines.
-_CONTROL_CHARS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-_CONTEXT_SPECIAL = re.compile(r"([\\|=])")
-
-# Magic bytes of the formats Cloudinary accepts that a generator may plausibly return.
-_IMAGE_SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "png", "image/png"),
-    (b"\xff\xd8\xff", 0, "jpg", "image/jpeg"),
-    (b"GIF8", 0, "gif", "image/gif"),
-    (b"WEBP", 8, "webp", "image/webp"),
-    (b"BM", 0, "bmp", "image/bmp"),
-    (b"II*\x00", 0, "tiff", "image/tiff"),
-    (b"MM\x00*", 0, "tiff", "image/tiff"),
-    (b"ftypavif", 4, "avif", "image/avif"),
-    (b"ftypheic", 4, "heic", "image/heic"),
-)
-_IMAGE_EXTENSIONS = frozenset(
-    {"png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff", "avif", "heic", "svg", "ico", "jxl"}
-)
-_VERSION_SEGMENT = re.compile(r"^v\d+$")
-_TRANSFORMATION_SEGMENT = re.compile(r"^(?:[a-z]{1,3}_[^,]+|\$\w+_[^,]+)(?:,[a-z$][^,]*_[^,]+)*$")
-_SHARED_CDN_HOST = re.compile(r"^res(?:-\d+)?\.cloudinary\.com$")
-_PRIVATE_CDN_HOST = re.compile(r"^([a-z0-9_-]+)-res(?:-\d+)?\.cloudinary\.com$")
 
 
 @dataclass(frozen=True)
@@ -89,79 +59,6 @@ class UploadedImage:
     height: int | None
     bytes: int | None
     format: str | None
-
-
-@dataclass(frozen=True)
-class CloudinaryAccount:
-    """``CLOUDINARY_URL`` parsed the SDK's way; ``repr`` never shows the secret."""
-
-    cloud_name: str
-    api_key: str
-    api_secret: str = field(repr=False)
-    options: dict[str, Any] = field(default_factory=dict)  # query options (and private CDN path)
-
-    @classmethod
-    def from_url(cls, url: str) -> CloudinaryAccount:
-        parts = urlsplit(url.strip())
-        if parts.scheme != "cloudinary" or not (parts.hostname and parts.username):
-            raise ValueError("CLOUDINARY_URL must look like cloudinary://KEY:SECRET@CLOUD")
-        if not parts.password:
-            raise ValueError("CLOUDINARY_URL has no API secret (cloudinary://KEY:SECRET@CLOUD)")
-        options: dict[str, Any] = {
-            key: {"true": True, "false": False}.get(value.lower(), value)
-            for key, value in parse_qsl(parts.query)
-        }
-        if parts.path.strip("/"):  # cloudinary://K:S@cloud/cdn.example.com: a private CDN
-            options.setdefault("private_cdn", True)
-            options.setdefault("secure_distribution", parts.path.strip("/"))
-        return cls(parts.hostname, parts.username, parts.password, options)
-
-    def api_url(self) -> str:
-        return cloudinary.utils.cloudinary_api_url(
-            "upload",
-            cloud_name=self.cloud_name,
-            upload_prefix=self.options.get("upload_prefix"),
-            resource_type="image",
-        )
-
-    def signing_options(self) -> dict[str, Any]:
-        return {
-            "api_key": self.api_key,
-            "api_secret": self.api_secret,
-            "signature_algorithm": self.options.get("signature_algorithm", "sha1"),
-            "signature_version": int(self.options.get("signature_version", 2)),
-        }
-
-    def delivery_options(self, **overrides: Any) -> dict[str, Any]:
-        """Every option ``cloudinary_url`` would otherwise read from the SDK's global config."""
-        opts = self.options
-        delivery = {
-            "cloud_name": self.cloud_name,
-            # The SDK's default (None) means http://; thumbnails are https unless told otherwise.
-            "secure": opts.get("secure", True),
-            "private_cdn": opts.get("private_cdn", False),
-            "secure_distribution": opts.get("secure_distribution"),
-            "cname": opts.get("cname"),
-            "cdn_subdomain": opts.get("cdn_subdomain", False),
-            "secure_cdn_subdomain": opts.get("secure_cdn_subdomain"),
-            "sign_url": opts.get("sign_url", False),  # for accounts with strict transformations
-            "api_secret": self.api_secret,
-            "signature_algorithm": opts.get("signature_algorithm", "sha1"),
-            "long_url_signature": opts.get("long_url_signature", False),
-            "auth_token": False,
-            "force_version": True,
-            "shorten": False,
-            "use_root_path": False,
-        }
-        return delivery | overrides
-
-    def delivery_hosts(self) -> set[str]:
-        """Hosts other than Cloudinary's own that serve this account (a CNAME, the stand-in)."""
-        return {
-            str(host).lower()
-            for host in (self.options.get("cname"), self.options.get("secure_distribution"))
-            if host
-        }
 
 
 class _Transient(TransientError):
@@ -186,8 +83,10 @@ class CloudinaryUploader:
         """
         if settings.cloudinary_url is None:
             raise MissingSetting("CLOUDINARY_URL")
-        self._cloudinary_url = settings.cloudinary_url.get_secret_value()
-        self._account = CloudinaryAccount.from_url(self._cloudinary_url)
+        cloudinary_url = settings.cloudinary_url.get_secret_value()
+        self._account = CloudinaryAccount.from_url(cloudinary_url)
+        # Cloudinary's error messages are quoted in job rows and logs: never with the secret.
+        redact.add([cloudinary_url, self._account.api_secret])
         self._folder = settings.cloudinary_folder.strip("/")
         self._thumbnail_size = settings.thumbnail_size
         self._max_image_bytes = settings.max_image_bytes
@@ -217,7 +116,8 @@ class CloudinaryUploader:
             # A str would be a bug: the SDK reads non-URL strings as *local file paths*.
             raise TypeError(f"upload() takes image bytes, not {type(image).__name__}")
         image = bytes(image)
-        extension, content_type = _check_image(image, self._max_image_bytes)
+        image_format = _check_image(image, self._max_image_bytes)
+        extension = image_format.extension
         public_id = self.public_id(job.id)
         context = encode_context(job_context(job))
         log = logger.bind(job_id=job.id, public_id=public_id)
@@ -235,7 +135,7 @@ class CloudinaryUploader:
                     body = await self._attempt(
                         public_id,
                         context,
-                        (f"{job.id}.{extension}", image, content_type),
+                        (f"{job.id}.{extension}", image, image_format.media_type),
                         attempt.retry_state.attempt_number,
                         log,
                     )
@@ -255,8 +155,12 @@ class CloudinaryUploader:
         fmt = body.get("format") or extension
         return UploadedImage(
             image_url=body["secure_url"],
-            thumbnail_url=self._thumbnail(
-                body["public_id"], version, fmt, self._account.delivery_options()
+            thumbnail_url=build_thumbnail_url(
+                body["public_id"],
+                version,
+                fmt,
+                self._account.delivery_options(),
+                self._thumbnail_size,
             ),
             public_id=body["public_id"],
             version=version,
@@ -268,10 +172,10 @@ class CloudinaryUploader:
 
     def thumbnail_url(self, image_url: str) -> str:
         """Thumbnail of an image already on Cloudinary (a generator's ``cloudinary_link``)."""
-        public_id, version, fmt, delivery = self._parse_delivery_url(image_url)
-        return self._thumbnail(public_id, version, fmt, delivery)
-
-    # -- internals -------------------------------------------------------------------------------
+        image = parse_delivery_url(image_url, self._account)
+        return build_thumbnail_url(
+            image.public_id, image.version, image.format, image.delivery, self._thumbnail_size
+        )
 
     async def _attempt(
         self,
@@ -338,10 +242,14 @@ class CloudinaryUploader:
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, dict) else None
-        message = self._redact(str(error.get("message", "")) if isinstance(error, dict) else "")
+        message = redact.mask_known(
+            str(error.get("message", "")) if isinstance(error, dict) else ""
+        )
         log_line = "Cloudinary upload attempt {}/{}: HTTP {} in {} ms ({} bytes){}"
         detail = f": {message[:300]}" if message else ""
 
+        # Not worker.http's TRANSIENT_STATUSES: Cloudinary rate-limits with 420 as well as 429
+        # (the SDK maps both to RateLimited).
         if status in (408, 420, 429) or status >= 500:
             log.warning(log_line, number, self._attempts, status, elapsed_ms(), size, detail)
             raise _Transient(f"HTTP {status}")
@@ -354,125 +262,19 @@ class CloudinaryUploader:
         log.info(log_line, number, self._attempts, status, elapsed_ms(), size, "")
         return body
 
-    def _thumbnail(
-        self,
-        public_id: str,
-        version: int | None,
-        fmt: str | None,
-        delivery: CloudinaryAccount | dict[str, Any],
-    ) -> str:
-        options = (
-            delivery.delivery_options() if isinstance(delivery, CloudinaryAccount) else delivery
-        )
-        size = self._thumbnail_size
-        return CloudinaryImage(public_id, version=version, format=fmt).build_url(
-            width=size, height=size, crop="fill", **options
-        )
 
-    def _parse_delivery_url(
-        self, image_url: str
-    ) -> tuple[str, int | None, str | None, dict[str, Any]]:
-        """``<host>[/<cloud>]/image/upload/[<transformations>/][v<version>/]<public_id>[.ext]``."""
-
-        def not_cloudinary(why: str) -> JobFailed:
-            return JobFailed(
-                f"The generator's cloudinary_link {image_url[:200]!r} {why}", "cloudinary_link"
-            )
-
-        parts = urlsplit(image_url.strip())
-        host = parts.netloc.lower()
-        segments = [unquote(s) for s in parts.path.split("/")[1:]]
-        account = self._account
-        if parts.scheme not in ("http", "https") or not host:
-            raise not_cloudinary("is not an http(s) URL")
-        if _SHARED_CDN_HOST.match(host):
-            cloud = segments.pop(0) if segments else ""
-            delivery = account.delivery_options(
-                cloud_name=cloud, secure=True, private_cdn=False, cname=None,
-                secure_distribution=None, sign_url=False,
-            )  # fmt: skip
-        elif match := _PRIVATE_CDN_HOST.match(host):
-            delivery = account.delivery_options(
-                cloud_name=match.group(1), secure=True, private_cdn=True, cname=None,
-                secure_distribution=f"{match.group(1)}-res.cloudinary.com", sign_url=False,
-            )  # fmt: skip
-        elif host in account.delivery_hosts():
-            delivery = account.delivery_options()
-            if not delivery["private_cdn"]:
-                delivery["cloud_name"] = segments.pop(0) if segments else ""
-        else:
-            raise not_cloudinary("is not a Cloudinary delivery URL")
-        if not delivery["cloud_name"] or segments[:2] != ["image", "upload"] or len(segments) < 3:
-            raise not_cloudinary("is not a Cloudinary URL of an uploaded image")
-
-        rest = segments[2:]
-        versions = [i for i, s in enumerate(rest[:-1]) if _VERSION_SEGMENT.match(s)]
-        if versions:
-            version: int | None = int(rest[versions[0]][1:])
-            rest = rest[versions[0] + 1 :]
-        else:
-            # Without a version, leading segments that read as transformations are dropped.
-            version = None
-            while len(rest) > 1 and _TRANSFORMATION_SEGMENT.match(rest[0]):
-                rest = rest[1:]
-        path = "/".join(rest)
-        stem, dot, extension = path.rpartition(".")
-        if dot and stem and extension.lower() in _IMAGE_EXTENSIONS:
-            return stem, version, extension.lower(), delivery
-        return path, version, None, delivery
-
-    def _redact(self, text: str) -> str:
-        for secret in (self._cloudinary_url, self._account.api_secret):
-            text = text.replace(secret, "[redacted]")
-        return text
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def job_context(job: Job) -> dict[str, str]:
-    """The job's Cloudinary context metadata: empty values left out, each cut to the API limit."""
-    raw = {
-        "prompt": job.prompt,
-        "model": job.model,
-        "aspect_ratio": job.aspect_ratio,
-        "job_id": job.id,
-        "user_id": job.user_id,
-    }
-    context = {}
-    for key, value in raw.items():
-        if value is None or not str(value).strip():
-            continue
-        value = _CONTROL_CHARS.sub(" ", str(value))
-        if len(value) > CONTEXT_VALUE_MAX_CHARS:
-            value = value[: CONTEXT_VALUE_MAX_CHARS - 1] + "…"
-        context[key] = value
-    return context
-
-
-def encode_context(context: dict[str, str]) -> str:
-    """``k=v|k2=v2`` with ``\\``, ``|`` and ``=`` backslash-escaped in keys and values."""
-    return "|".join(f"{_escape(key)}={_escape(value)}" for key, value in context.items())
-
-
-def _escape(text: str) -> str:
-    return _CONTEXT_SPECIAL.sub(r"\\\1", text)
-
-
-def _check_image(image: bytes, max_bytes: int) -> tuple[str, str]:
-    """(extension, content type) of validated image bytes, or ``JobFailed``."""
+def _check_image(image: bytes, max_bytes: int) -> ImageFormat:
+    """The format of image bytes fit to upload, or ``JobFailed``."""
     if not image:
         raise JobFailed("The generator returned an empty image", "upload")
     if len(image) > max_bytes:
         raise JobFailed(
             f"The image is {len(image)} bytes, more than MAX_IMAGE_BYTES ({max_bytes})", "upload"
         )
-    for magic, offset, extension, content_type in _IMAGE_SIGNATURES:
-        if image[offset : offset + len(magic)] == magic:
-            if extension == "webp" and not image.startswith(b"RIFF"):
-                continue
-            return extension, content_type
-    raise JobFailed("The generated data is not an image Cloudinary accepts", "upload")
+    image_format = sniff_image(image)
+    if image_format is None:
+        raise JobFailed("The generated data is not an image Cloudinary accepts", "upload")
+    return IMAGE_FORMATS[image_format]
 
 
 def _rejection(status: int, message: str) -> str:
