@@ -1,29 +1,17 @@
-"""Change capture for the Realtime stand-in: logical decoding of the ``supabase_realtime`` publication.
+"""The replication stream: a thread that owns the ``pgoutput`` connection and hands over transactions.
 
-The real Realtime server reads a temporary wal2json slot with ``pg_logical_slot_get_changes``,
-so it sees committed transactions in commit order, only for tables in the publication, and loses
-whatever was committed while its slot did not exist. We have no wal2json (the embedded PostgreSQL
-ships only ``pgoutput``), so we stream ``pgoutput`` over the replication protocol instead: same
-source, same order, same loss semantics, and about 0.3 ms from commit to decoded change.
-
-A dedicated thread owns the replication connection (psycopg2 is blocking); each committed
-transaction is decoded there into the ``data`` objects the real server puts in its frames and
+psycopg2's replication connection is blocking, so a dedicated thread reads it; each committed
+transaction is shaped there into the ``data`` objects the real server puts in its frames and
 handed to the asyncio loop with ``call_soon_threadsafe``.
-
-pgoutput protocol version 1 reference:
-https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import select
-import struct
 import threading
 import time
 import uuid
@@ -36,7 +24,17 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-log = logging.getLogger(__name__)
+from devstack.capture.pgoutput import (
+    UNCHANGED_TOAST,
+    Relation,
+    decode_commit,
+    decode_relation,
+    decode_row_change,
+    decode_type,
+)
+from devstack.capture.values import map_nested, parse_array, render_scalar
+
+log = logging.getLogger("devstack.capture")  # the name it logged under before the split
 
 PUBLICATION = "supabase_realtime"
 SLOT_PREFIX = "devstack_rt_"
@@ -48,9 +46,6 @@ TOO_LARGE_KEEP_BYTES = 64
 
 # How often an idle stream sends a status update; well inside wal_sender_timeout (60 s).
 FEEDBACK_INTERVAL = 10.0
-
-_NUMBER_TYPES = {"int2", "int4", "int8", "float4", "float8", "numeric"}
-_UNCHANGED_TOAST = object()  # an UPDATE left a TOASTed value untouched: pgoutput omits it
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +74,6 @@ class Transaction:
     decoded_at: float = field(default_factory=time.perf_counter)
 
 
-@dataclass(slots=True)
-class _Relation:
-    schema: str
-    name: str
-    columns: list[tuple[str, int, bool]]  # (name, type oid, part of the replica identity)
-
-
 class ChangeCapture:
     """Streams committed changes of the publication's tables to ``on_transaction`` (on the loop)."""
 
@@ -111,7 +99,7 @@ class ChangeCapture:
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = -1, -1
         self._types: dict[int, tuple[str, int]] = {}  # oid -> (typname, element type oid)
-        self._relations: dict[int, _Relation] = {}
+        self._relations: dict[int, Relation] = {}
         self._pending: list[Change] = []
 
     @property
@@ -227,55 +215,18 @@ class ChangeCapture:
         if kind == b"B":
             self._pending = []
         elif kind == b"C":
-            _flags, lsn, _end_lsn, ts = struct.unpack_from(">bQQq", buf, 1)
-            self._commit(lsn, ts)
+            self._commit(*decode_commit(buf))
             return True
         elif kind == b"R":
-            self._relation(buf)
+            relid, relation = decode_relation(buf)
+            self._relations[relid] = relation
         elif kind == b"Y":
-            oid = struct.unpack_from(">I", buf, 1)[0]
-            _namespace, pos = _cstring(buf, 5)
-            name, _ = _cstring(buf, pos)
+            oid, name = decode_type(buf)
             self._types[oid] = (name, 0)
         elif kind in (b"I", b"U", b"D"):
-            self._pending.append(self._row_change(buf))
+            self._pending.append(decode_row_change(buf))
         # Origin, Truncate and logical messages are not part of postgres_changes.
         return False
-
-    def _relation(self, buf: bytes) -> None:
-        relid = struct.unpack_from(">I", buf, 1)[0]
-        schema, pos = _cstring(buf, 5)
-        name, pos = _cstring(buf, pos)
-        pos += 1  # replica identity setting; the key flags below are what matter
-        (ncols,) = struct.unpack_from(">h", buf, pos)
-        pos += 2
-        columns = []
-        for _ in range(ncols):
-            flags = buf[pos]
-            colname, pos = _cstring(buf, pos + 1)
-            type_oid, _typmod = struct.unpack_from(">Ii", buf, pos)
-            pos += 8
-            columns.append((colname, type_oid, bool(flags & 1)))
-        self._relations[relid] = _Relation(schema or "pg_catalog", name, columns)
-
-    def _row_change(self, buf: bytes) -> dict[str, Any]:
-        kind = buf[:1]
-        relid = struct.unpack_from(">I", buf, 1)[0]
-        pos = 5
-        old: list[Any] | None = None
-        new: list[Any] | None = None
-        old_is_key = False
-        if kind == b"I":
-            new, pos = _tuple(buf, pos + 1)  # skip the 'N' marker
-        else:
-            marker = buf[pos : pos + 1]
-            if marker in (b"K", b"O"):
-                old_is_key = marker == b"K"
-                old, pos = _tuple(buf, pos + 1)
-            if kind == b"U":
-                new, pos = _tuple(buf, pos + 1)
-        type_ = {b"I": "INSERT", b"U": "UPDATE", b"D": "DELETE"}[kind]
-        return {"relid": relid, "type": type_, "old": old, "old_is_key": old_is_key, "new": new}
 
     def _commit(self, lsn: int, ts: int) -> None:
         pending, self._pending = self._pending, []
@@ -323,18 +274,18 @@ class ChangeCapture:
                 data["old_record"] = self._record(rel, old, errors)
             else:
                 source = old if old is not None else new or []
-                key_only = [v if k else _UNCHANGED_TOAST for v, k in zip(source, keys, strict=True)]
+                key_only = [v if k else UNCHANGED_TOAST for v, k in zip(source, keys, strict=True)]
                 data["old_record"] = self._record(rel, key_only, errors)
         data["errors"] = errors or None
         return Change(rel.schema, rel.name, type_, data)
 
-    def _record(self, rel: _Relation, values: list[Any], errors: list[str]) -> dict[str, Any]:
+    def _record(self, rel: Relation, values: list[Any], errors: list[str]) -> dict[str, Any]:
         too_large = sum(len(v) for v in values if isinstance(v, str)) > MAX_RECORD_BYTES
         if too_large and "Error 413: Payload Too Large" not in errors:
             errors.append("Error 413: Payload Too Large")
         record: dict[str, Any] = {}
         for (name, oid, _), value in zip(rel.columns, values, strict=True):
-            if value is _UNCHANGED_TOAST:
+            if value is UNCHANGED_TOAST:
                 continue
             if too_large and isinstance(value, str) and len(value) > TOO_LARGE_KEEP_BYTES:
                 continue
@@ -349,102 +300,5 @@ class ChangeCapture:
                 items = parse_array(text)
             except (IndexError, ValueError):
                 return text
-            return _map_nested(items, lambda item: self._render(item, elem))
+            return map_nested(items, lambda item: self._render(item, elem))
         return render_scalar(text, typname)
-
-
-def render_scalar(text: str, typname: str) -> Any:
-    if typname in _NUMBER_TYPES:
-        with contextlib.suppress(ValueError):
-            return int(text)
-        with contextlib.suppress(ValueError):
-            number = float(text)
-            if math.isfinite(number):
-                return number
-        return text  # NaN and Infinity are JSON strings in to_jsonb
-    if typname == "bool":
-        return text == "t"
-    if typname in ("json", "jsonb"):
-        return json.loads(text)
-    if typname in ("timestamp", "timestamptz"):
-        if text in ("infinity", "-infinity"):
-            return text
-        text = text.replace(" ", "T", 1)
-        # to_jsonb writes the UTC offset as +HH:MM; the text output says +00.
-        if typname == "timestamptz" and len(text) > 3 and text[-3] in "+-":
-            text += ":00"
-        return text
-    return text
-
-
-def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
-    end = buf.index(b"\0", pos)
-    return buf[pos:end].decode(), end + 1
-
-
-def _tuple(buf: bytes, pos: int) -> tuple[list[Any], int]:
-    (ncols,) = struct.unpack_from(">h", buf, pos)
-    pos += 2
-    values: list[Any] = []
-    for _ in range(ncols):
-        kind = buf[pos : pos + 1]
-        pos += 1
-        if kind == b"n":
-            values.append(None)
-        elif kind == b"u":
-            values.append(_UNCHANGED_TOAST)
-        else:  # b"t": text format (we never ask for binary)
-            (length,) = struct.unpack_from(">i", buf, pos)
-            pos += 4
-            values.append(buf[pos : pos + length].decode())
-            pos += length
-    return values, pos
-
-
-def parse_array(text: str) -> list[Any]:
-    """PostgreSQL's array text output (``{1,NULL,"a b",{2,3}}``) as nested lists of str/None."""
-    if text.startswith("["):  # explicit bounds, e.g. [0:1]={1,2}
-        text = text[text.index("=") + 1 :]
-    pos = 0
-
-    def parse() -> list[Any]:
-        nonlocal pos
-        pos += 1  # '{'
-        items: list[Any] = []
-        if text[pos] == "}":
-            pos += 1
-            return items
-        while True:
-            if text[pos] == "{":
-                items.append(parse())
-            elif text[pos] == '"':
-                pos += 1
-                chars = []
-                while text[pos] != '"':
-                    if text[pos] == "\\":
-                        pos += 1
-                    chars.append(text[pos])
-                    pos += 1
-                pos += 1
-                items.append("".join(chars))
-            else:
-                end = pos
-                while text[end] not in ",}":
-                    end += 1
-                raw = text[pos:end]
-                pos = end
-                items.append(None if raw == "NULL" else raw)
-            separator = text[pos]
-            pos += 1
-            if separator == "}":
-                return items
-
-    if not text.startswith("{"):
-        raise ValueError(text)
-    return parse()
-
-
-def _map_nested(items: list[Any], fn: Callable[[str], Any]) -> list[Any]:
-    return [
-        _map_nested(i, fn) if isinstance(i, list) else (None if i is None else fn(i)) for i in items
-    ]
