@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp import web
 
 
@@ -13,3 +16,17 @@ async def serve(app: web.Application, host: str, port: int = 0) -> tuple[web.App
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"http://{host}:{bound}"
+
+
+async def wait_while_connected(
+    request: web.Request, seconds: float, stopping: asyncio.Event
+) -> bool:
+    """Sleep ``seconds`` as a slow server would; False early if the client left or the stand-in
+    is stopping (a stand-in must not hold its shutdown for a generation nobody awaits)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        transport = request.transport
+        if stopping.is_set() or transport is None or transport.is_closing():
+            return False
+        await asyncio.sleep(min(0.05, left))
+    return True

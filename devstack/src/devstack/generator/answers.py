@@ -17,6 +17,7 @@ from aiohttp import web
 
 from devstack.generator.behaviours import ASSET_ONLY, GENERATE_ONLY, Behaviour, BehaviourError
 from devstack.generator.images import FORMATS, noise_png, oversize_bytes, render, render_image
+from devstack.serve import wait_while_connected
 
 STOPPED_BODY = "modal-http: app for invoked web endpoint is stopped"
 PRIVATE_URL = "https://10.0.0.5/x.png"
@@ -252,14 +253,7 @@ class Answers:
         return f"{self.base_url}/images/{asset_id}.{extension}"
 
     async def _wait(self, request: web.Request, seconds: float) -> bool:
-        """Sleep ``seconds``; False early if the client left or the stand-in is stopping."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            transport = request.transport
-            if self._stopping.is_set() or transport is None or transport.is_closing():
-                return False
-            await asyncio.sleep(min(0.05, left))
-        return True
+        return await wait_while_connected(request, seconds, self._stopping)
 
 
 def image_response(data: bytes, fmt: str) -> web.Response:

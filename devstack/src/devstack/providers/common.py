@@ -19,7 +19,7 @@ from aiohttp import web
 
 from devstack.generator import render_image
 from devstack.providers.faults import TOKEN_RE, FaultError, Faults
-from devstack.serve import serve
+from devstack.serve import serve, wait_while_connected
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -210,14 +210,7 @@ class ProviderStandIn:
         return f"{self.base_url}/files/{file_id}/{name}"
 
     async def wait(self, request: web.Request, seconds: float) -> bool:
-        """Sleep ``seconds``; False early if the client left or the stand-in is stopping."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            transport = request.transport
-            if self._stopping.is_set() or transport is None or transport.is_closing():
-                return False
-            await asyncio.sleep(min(0.05, left))
-        return True
+        return await wait_while_connected(request, seconds, self._stopping)
 
     # ----------------------------------------------------------------- HTTP
 
