@@ -109,17 +109,16 @@ class FaultSwitches:
         what token expiry or a rate limit does. The client removes the channel for good."""
         for sock in self.sockets:
             for channel in list(sock.channels.values()):
-                sock.push(
-                    channel.topic, "system", system_payload(channel, "system", message, "error")
-                )
-                sock.push(channel.topic, "phx_close", {}, channel.join_ref)
+                payload = system_payload(channel, "system", message, "error")
+                sock.push(channel.topic, "system", payload, None, channel.join_ref)
+                sock.close_channel(channel.topic, channel.join_ref)
             sock.channels.clear()
 
     def phx_error(self) -> None:
         """``phx_error`` on every joined channel: the channel process crashed and is gone."""
         for sock in self.sockets:
             for channel in list(sock.channels.values()):
-                sock.push(channel.topic, "phx_error", {}, channel.join_ref)
+                sock.push(channel.topic, "phx_error", {}, channel.join_ref, channel.join_ref)
             sock.channels.clear()
 
     def postgres_changes_error(self, message: str = "Unable to connect to the database") -> None:
@@ -129,7 +128,7 @@ class FaultSwitches:
             for channel in sock.channels.values():
                 channel.subscribed = False
                 payload = system_payload(channel, "postgres_changes", message, "error")
-                sock.push(channel.topic, "system", payload)
+                sock.push(channel.topic, "system", payload, None, channel.join_ref)
 
     def delay_subscribed(self, seconds: float, joins: int | None = 1) -> None:
         """For the next ``joins`` joins (None: until cleared), register the subscription and send

@@ -2,7 +2,14 @@
 
 Joins are answered the way the real server answers them, gaps and all (see the package
 docstring), and changes are handed out either at once or on the real ReplicationPoller's
-schedule.
+schedule. Each connection speaks the serializer its ``vsn`` asked for (1.0.0 or 2.0.0).
+
+Broadcast from the database: rows inserted into ``realtime.messages`` (by ``realtime.send``)
+arrive through the same logical decoding stream (the ``supabase_realtime_messages_publication``
+the real server's ReplicationConnection reads) and go out at once, in both delivery modes, to the
+channels joined on their topic with the same ``private`` flag (a private channel only after its
+read policy allowed it) — as ``RealtimeWeb.RealtimeChannel.MessageDispatcher`` does: a binary
+user broadcast (kind 4) for vsn 2.0.0, the JSON ``broadcast`` event for 1.0.0.
 """
 
 from __future__ import annotations
@@ -16,12 +23,21 @@ import time
 from collections import deque
 from typing import Any, Literal
 
+import asyncpg
 from aiohttp import WSMsgType, web
 
-from devstack.capture import Change, ChangeCapture, Transaction
+from devstack.capture import PUBLICATION, Change, ChangeCapture, Transaction
 from devstack.keys import Keys
+from devstack.realtime.authorization import BYPASS_ROLES, MESSAGES_PUBLICATION, Database
 from devstack.realtime.faults import FaultSwitches
 from devstack.realtime.phoenix import ClientSocket, system_payload
+from devstack.realtime.serializers import (
+    BINARY_ENCODING,
+    JSON_ENCODING,
+    SerializerError,
+    UserBroadcast,
+    negotiate,
+)
 from devstack.realtime.subscriptions import Binding, Channel, RowFilter, binding_id
 
 log = logging.getLogger("devstack.realtime")  # the name it logged under before the split
@@ -58,30 +74,43 @@ class RealtimeServer(FaultSwitches):
         self.dsn = dsn
         self.keys = keys
         self.delivery: Delivery = delivery
+        self.db = Database(dsn)
         self.capture = ChangeCapture(dsn, self._on_transaction)
         self.sockets: list[ClientSocket] = []
         self.frames_sent = 0
         self.changes_delivered = 0  # postgres_changes frames queued
+        self.broadcasts_delivered = 0  # broadcast frames queued (from the database)
+        self.broadcast_enabled = False  # the database has realtime.messages
         self.connections_accepted = 0
         self.upgrades_refused = 0
         self.last_delivery_ms: float | None = None  # decode -> frame queued, for health checks
         self._backlog: deque[Change] = deque()
         self._background: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
+        # Captured work in commit order: ("changes", [Change], decoded_at) or ("broadcasts", …).
+        self._inbox: asyncio.Queue[tuple[str, list[Change], float]] = asyncio.Queue()
+        self._deliverer: asyncio.Task[None] | None = None
 
     # -- lifecycle --
 
     async def start(self) -> None:
+        # Like the real server on connecting to a project: the realtime.messages partitions and
+        # the publication Broadcast from the database is streamed from.
+        self.broadcast_enabled = await self.db.prepare_messages()
+        if self.broadcast_enabled:
+            self.capture.publication = f"{PUBLICATION},{MESSAGES_PUBLICATION}"
         await self.capture.start()
+        self._deliverer = asyncio.create_task(self._deliver_loop())
         if self.delivery == "realistic":
             self._poller = asyncio.create_task(self._poll_loop())
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        for task in (self._poller, self._deliverer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._poller = self._deliverer = None
         for task in list(self._background):
             task.cancel()
         for sock in list(self.sockets):
@@ -90,6 +119,7 @@ class RealtimeServer(FaultSwitches):
                 await asyncio.wait_for(sock.ws.close(code=1001, message=b"server shutdown"), 1)
             sock.abort()
         await self.capture.stop()
+        await self.db.close()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(WEBSOCKET_PATH, self._websocket)]
@@ -123,6 +153,8 @@ class RealtimeServer(FaultSwitches):
             "upgrades_refused": self.upgrades_refused,
             "frames_sent": self.frames_sent,
             "changes_delivered": self.changes_delivered,
+            "broadcasts_delivered": self.broadcasts_delivered,
+            "broadcast_enabled": self.broadcast_enabled,
             "last_delivery_ms": self.last_delivery_ms,
             "faults": self._fault_status(),
         }
@@ -133,14 +165,19 @@ class RealtimeServer(FaultSwitches):
         if time.monotonic() < self._refuse_until:
             self.upgrades_refused += 1
             return web.json_response({"error": "Service Unavailable"}, status=self._refuse_status)
+        # Phoenix picks the serializer before anything else: an unknown vsn is a bare 403.
+        serializer = negotiate(request.query.get("vsn"))
+        if serializer is None:
+            return web.Response(status=403)
         token = request.query.get("apikey") or request.headers.get("x-api-key")
-        if self.keys.verify(token) is None:
+        claims = self.keys.verify(token)
+        if claims is None:
             return web.json_response({"error": "Invalid or missing apikey"}, status=401)
 
         # autoping/autoclose off: a frozen socket must not answer pings or close frames either.
         ws = web.WebSocketResponse(autoping=False, autoclose=False, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
-        sock = ClientSocket(self, ws, request)
+        sock = ClientSocket(self, ws, request, serializer, claims)
         self.sockets.append(sock)
         self.connections_accepted += 1
         writer = asyncio.create_task(sock.write_loop())
@@ -161,7 +198,7 @@ class RealtimeServer(FaultSwitches):
         while True:
             msg = await ws.receive()
             await sock.thawed.wait()
-            if msg.type is WSMsgType.TEXT:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 try:
                     await self._on_frame(sock, msg.data)
                 except Exception:  # a bad frame must not take the socket down
@@ -176,24 +213,23 @@ class RealtimeServer(FaultSwitches):
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return
 
-    async def _on_frame(self, sock: ClientSocket, text: str) -> None:
+    async def _on_frame(self, sock: ClientSocket, data: str | bytes) -> None:
         try:
-            frame = json.loads(text)
-            topic, event = frame["topic"], frame["event"]
-            payload = frame.get("payload") or {}
-            ref, join_ref = frame.get("ref"), frame.get("join_ref")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("ignoring malformed frame %.200r", text)
+            frame = sock.serializer.decode(data)
+        except SerializerError:
+            log.warning("ignoring malformed frame %.200r", data)
             return
+        topic, event, ref, join_ref = frame.topic, frame.event, frame.ref, frame.join_ref
+        payload = frame.payload if isinstance(frame.payload, dict) else {}
         if topic == "phoenix" and event == "heartbeat":
             sock.reply("phoenix", ref, "ok", {})
         elif event == "phx_join":
             await self._join(sock, topic, payload, ref, join_ref or ref)
         elif event == "phx_leave":
-            self._leave(sock, topic, ref)
+            self._leave(sock, topic, ref, join_ref)
         elif event == "access_token" and topic in sock.channels:
-            self._access_token(sock, sock.channels[topic], payload)
-        # Anything else (broadcast, presence, unknown events) is ignored.
+            await self._access_token(sock, sock.channels[topic], payload)
+        # Anything else (client broadcast, presence, unknown events) is ignored.
 
     async def _join(
         self, sock: ClientSocket, topic: str, payload: dict[str, Any], ref: Any, join_ref: Any
@@ -203,24 +239,41 @@ class RealtimeServer(FaultSwitches):
         if (delay := self._slow_join.take()) is not None:
             await asyncio.sleep(delay)
         if (reason := self._join_error.take()) is not None:
-            sock.reply(topic, ref, "error", {"reason": reason})
+            sock.reply(topic, ref, "error", {"reason": reason}, join_ref)
             return
         if not topic.startswith("realtime:") or topic == "realtime:":
-            sock.reply(
-                topic, ref, "error", {"reason": "TopicNameRequired: You must provide a topic"}
-            )
+            reason = "TopicNameRequired: You must provide a topic"
+            sock.reply(topic, ref, "error", {"reason": reason}, join_ref)
             return
-        token = payload.get("access_token")
-        if token and not token.startswith("sb_") and self.keys.verify(token) is None:
-            reason = "InvalidJWTToken: Token is invalid or has expired"
-            sock.reply(topic, ref, "error", {"reason": reason})
-            return
+        # The channel acts with its access_token (user_token), else the socket's apikey; an
+        # sb_ key stands for the apikey (RealtimeChannel.assign_access_token).
+        token = payload.get("access_token") or payload.get("user_token")
+        claims = sock.claims
+        if isinstance(token, str) and token and not token.startswith("sb_"):
+            verified = self.keys.verify(token)
+            if verified is None:
+                reason = "InvalidJWTToken: Token is invalid or has expired"
+                sock.reply(topic, ref, "error", {"reason": reason}, join_ref)
+                return
+            claims = verified
 
         old = sock.channels.pop(topic, None)
         if old is not None and self.duplicate_join_close:
-            sock.push(topic, "phx_close", {}, old.join_ref)
+            sock.close_channel(topic, old.join_ref)
 
         config = payload.get("config") or {}
+        if not isinstance(config, dict):
+            config = {}
+        private = config.get("private") is True
+        broadcast_read = False
+        if private:
+            presence = config.get("presence") or {}
+            presence_enabled = isinstance(presence, dict) and presence.get("enabled") is True
+            reason = await self._authorize(sock, topic, claims, presence_enabled)
+            if isinstance(reason, str):
+                sock.reply(topic, ref, "error", {"reason": reason}, join_ref)
+                return
+            broadcast_read = reason
         requested = config.get("postgres_changes") or []
         bindings: list[Binding] = []
         echoed: list[dict[str, Any]] = []
@@ -245,17 +298,18 @@ class RealtimeServer(FaultSwitches):
             )
             echoed.append({**params, "id": ident})
 
-        channel = Channel(topic, join_ref, bindings)
+        channel = Channel(
+            topic, join_ref, bindings, private=private, broadcast_read=broadcast_read, claims=claims
+        )
         sock.channels[topic] = channel
         # The ok reply goes out before the subscription exists, exactly like the real server.
-        sock.reply(topic, ref, "ok", {"postgres_changes": echoed})
+        sock.reply(topic, ref, "ok", {"postgres_changes": echoed}, join_ref)
         if not bindings:
             return
         if filter_errors:
             message = f"Error parsing `filter` params: {filter_errors}"
-            sock.push(
-                topic, "system", system_payload(channel, "postgres_changes", message, "error")
-            )
+            payload = system_payload(channel, "postgres_changes", message, "error")
+            sock.push(topic, "system", payload, None, join_ref)
             return
         delay = self._delay_subscribed.take()
         if delay:
@@ -268,55 +322,180 @@ class RealtimeServer(FaultSwitches):
             return  # left, replaced or closed meanwhile
         channel.subscribed = True
         message = "Subscribed to PostgreSQL"
-        sock.push(
-            channel.topic, "system", system_payload(channel, "postgres_changes", message, "ok")
-        )
+        payload = system_payload(channel, "postgres_changes", message, "ok")
+        sock.push(channel.topic, "system", payload, None, channel.join_ref)
 
     async def _subscribe_later(self, sock: ClientSocket, channel: Channel, delay: float) -> None:
         await asyncio.sleep(delay)
         self._subscribe(sock, channel)
 
-    def _leave(self, sock: ClientSocket, topic: str, ref: Any) -> None:
+    def _leave(self, sock: ClientSocket, topic: str, ref: Any, join_ref: Any = None) -> None:
         channel = sock.channels.pop(topic, None)
         if channel is None:
-            sock.reply(topic, ref, "error", {"reason": "unmatched topic"})
+            sock.reply(topic, ref, "error", {"reason": "unmatched topic"}, join_ref)
             return
-        sock.reply(topic, ref, "ok", {})
-        sock.push(topic, "phx_close", {}, channel.join_ref)
+        sock.reply(topic, ref, "ok", {}, join_ref)
+        sock.close_channel(topic, channel.join_ref)
 
-    def _access_token(self, sock: ClientSocket, channel: Channel, payload: dict[str, Any]) -> None:
-        # No reply on success; a bad token closes the channel like token expiry does.
+    async def _authorize(
+        self, sock: ClientSocket, topic: str, claims: dict[str, Any], presence: bool
+    ) -> bool | str:
+        """Realtime Authorization for a private channel: whether it may read Broadcast, or the
+        join error's reason (RealtimeChannel.maybe_assign_policies)."""
+        sub_topic = topic.removeprefix("realtime:")
+        denied = (
+            "Unauthorized: You do not have permissions to read from this Channel topic: "
+            + sub_topic
+        )
+        try:
+            policies = await self.db.read_policies(sub_topic, claims, sock.headers, presence)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            log.warning("RlsPolicyError on %s: %s", topic, exc)  # the real server's log code
+            return denied
+        if policies.broadcast_read or policies.presence_read:
+            return policies.broadcast_read
+        return denied
+
+    async def _access_token(
+        self, sock: ClientSocket, channel: Channel, payload: dict[str, Any]
+    ) -> None:
+        # No reply on success; a bad token closes the channel like token expiry does. A new
+        # token becomes the channel's claims; a private channel's policies are checked again.
         token = payload.get("access_token")
-        if not token or token.startswith("sb_") or self.keys.verify(token) is not None:
+        if not isinstance(token, str) or not token or token.startswith("sb_"):
             return
-        message = "Token is invalid or has expired"
-        sock.push(channel.topic, "system", system_payload(channel, "system", message, "error"))
-        sock.push(channel.topic, "phx_close", {}, channel.join_ref)
+        claims = self.keys.verify(token)
+        if claims is None:
+            self._shutdown(sock, channel, "Token is invalid or has expired")
+            return
+        if claims == channel.claims:
+            return
+        channel.claims = claims
+        if channel.private:
+            allowed = await self._authorize(sock, channel.topic, claims, presence=False)
+            if sock.channels.get(channel.topic) is not channel:
+                return
+            if allowed is not True:  # a reason (denied), or presence-only
+                message = (
+                    "You no longer have permission to read from this Channel topic: " + channel.name
+                )
+                self._shutdown(sock, channel, message)
+                return
+            channel.broadcast_read = True
+
+    def _shutdown(self, sock: ClientSocket, channel: Channel, message: str) -> None:
+        """RealtimeChannel.shutdown_response: a system error, then the channel closes."""
+        payload = system_payload(channel, "system", message, "error")
+        sock.push(channel.topic, "system", payload, None, channel.join_ref)
+        sock.close_channel(channel.topic, channel.join_ref)
         sock.channels.pop(channel.topic, None)
 
     # -- delivery --
 
     def _on_transaction(self, txn: Transaction) -> None:
+        messages = [c for c in txn.changes if _is_message(c)]
+        changes = [c for c in txn.changes if not _is_message(c)] if messages else txn.changes
+        if messages:  # Broadcast from the database streams at once in both modes
+            self._inbox.put_nowait(("broadcasts", messages, txn.decoded_at))
+        if not changes:
+            return
         if self.delivery == "fast":
-            for change in txn.changes:
-                self._dispatch(change)
-            self.last_delivery_ms = (time.perf_counter() - txn.decoded_at) * 1000
+            self._inbox.put_nowait(("changes", changes, txn.decoded_at))
         else:
-            self._backlog.extend(txn.changes)
+            self._backlog.extend(changes)
 
-    def _dispatch(self, change: Change) -> int:
-        """Queue one frame per subscribed channel with matching bindings; returns the count."""
-        sent = 0
+    async def _deliver_loop(self) -> None:
+        """Everything captured, in commit order; one change's RLS checks hold up the next."""
+        while True:
+            kind, changes, decoded_at = await self._inbox.get()
+            try:
+                if kind == "broadcasts":
+                    for change in changes:
+                        self._broadcast(change)
+                else:
+                    for change in changes:
+                        await self._dispatch(change)
+                    self.last_delivery_ms = (time.perf_counter() - decoded_at) * 1000
+            except Exception:  # one bad change must not stop delivery
+                log.exception("error delivering %s", kind)
+
+    async def _dispatch(self, change: Change) -> int:
+        """Queue one frame per subscribed channel with matching bindings whose role may see the
+        row (RLS, as ``realtime.apply_rls`` checks it); returns the count."""
+        targets: list[tuple[ClientSocket, Channel, list[int]]] = []
         for sock in self.sockets:
             for channel in sock.channels.values():
                 if not channel.subscribed:
                     continue
                 ids = [b.id for b in channel.bindings if b.matches(change)]
                 if ids:
-                    payload = {"ids": ids, "data": change.data}
-                    sock.push(channel.topic, "postgres_changes", payload)
-                    sent += 1
+                    targets.append((sock, channel, ids))
+        if not targets:
+            return 0
+        shaped: dict[str, dict[str, Any] | None] = {}
+        checked = [c for _, c, _ in targets if c.role not in BYPASS_ROLES]
+        if checked:
+            shaped = await self._shape(change, checked)
+        sent = 0
+        for sock, channel, ids in targets:
+            if checked and sock.channels.get(channel.topic) is not channel:
+                continue  # left or replaced while the row was checked
+            if channel.role in BYPASS_ROLES:
+                data: dict[str, Any] | None = change.data
+            else:
+                data = shaped.get(_claims_key(channel.claims))
+            if data is not None:
+                sock.fastlane(channel.topic, "postgres_changes", {"ids": ids, "data": data})
+                sent += 1
         self.changes_delivered += sent
+        return sent
+
+    async def _shape(
+        self, change: Change, channels: list[Channel]
+    ) -> dict[str, dict[str, Any] | None]:
+        """What each distinct set of claims may see of ``change`` (None: nothing)."""
+        by_role: dict[str, dict[str, dict[str, Any]]] = {}
+        for channel in channels:
+            by_role.setdefault(channel.role, {})[_claims_key(channel.claims)] = channel.claims
+        shaped: dict[str, dict[str, Any] | None] = {}
+        for claims_by_key in by_role.values():
+            try:
+                results = await self.db.shape_for(change, list(claims_by_key.values()))
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                log.warning("RLS check of a %s on %s failed: %s", change.type, change.table, exc)
+                results = [None] * len(claims_by_key)
+            shaped.update(zip(claims_by_key, results, strict=True))
+        return shaped
+
+    def _broadcast(self, change: Change) -> int:
+        """One ``realtime.messages`` row from the stream, to the channels on its topic
+        (ReplicationConnection → MessageDispatcher). Returns the frames queued."""
+        record = change.record
+        if change.type != "INSERT" or not record:
+            return 0
+        topic, event, private = record.get("topic"), record.get("event"), record.get("private")
+        if not topic or not event or private is None or not record.get("id"):
+            return 0  # the real server logs UnableToBroadcastChanges and moves on
+        if record.get("binary_payload") is not None:
+            body = bytes.fromhex(str(record["binary_payload"]).removeprefix("\\x"))
+            encoding = BINARY_ENCODING
+        elif record.get("payload") is not None:
+            # The jsonb column's text, as the server forwards it (a Jason.Fragment).
+            text = json.dumps(record["payload"], ensure_ascii=False, separators=(", ", ": "))
+            body, encoding = text.encode(), JSON_ENCODING
+        else:
+            return 0
+        sent = 0
+        for sock in self.sockets:
+            for channel in sock.channels.values():
+                if channel.name != topic or channel.private is not bool(private):
+                    continue
+                if channel.private and not channel.broadcast_read:
+                    continue
+                msg = UserBroadcast(channel.topic, str(event), body, encoding, {"id": record["id"]})
+                if sock.user_broadcast(msg):
+                    sent += 1
+        self.broadcasts_delivered += sent
         return sent
 
     async def _poll_loop(self) -> None:
@@ -328,9 +507,24 @@ class RealtimeServer(FaultSwitches):
             batch = [
                 self._backlog.popleft() for _ in range(min(POLL_MAX_CHANGES, len(self._backlog)))
             ]
+            delivered = 0
+            for change in batch:
+                try:
+                    delivered += await self._dispatch(change)
+                except Exception:  # one bad change must not stop the poller
+                    log.exception("error delivering a %s on %s", change.type, change.table)
             if not batch:
                 wait = POLL_IDLE
-            elif sum(self._dispatch(change) for change in batch):
+            elif delivered:
                 wait = 0
             else:
                 wait = POLL_NOBODY_WAITED + random.uniform(*POLL_JITTER)
+
+
+def _is_message(change: Change) -> bool:
+    """A row of ``realtime.messages`` (a partition: the publication publishes the leaves)."""
+    return change.schema == "realtime" and change.table.startswith("messages")
+
+
+def _claims_key(claims: dict[str, Any]) -> str:
+    return json.dumps(claims, sort_keys=True)

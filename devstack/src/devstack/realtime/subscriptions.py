@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devstack.capture import Change
@@ -122,7 +122,18 @@ class Channel:
     bindings: list[Binding]
     # False until "Subscribed to PostgreSQL": the gap in which the real server drops changes.
     subscribed: bool = False
+    # config.private: Broadcast only from messages sent private, and only after the channel's
+    # realtime.messages read policy allowed it (Realtime Authorization).
+    private: bool = False
+    broadcast_read: bool = False
+    # The JWT claims the channel acts with (its access_token, else the socket's apikey):
+    # postgres_changes are checked against the row's RLS policies as this role and these claims.
+    claims: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.topic.removeprefix("realtime:")
+
+    @property
+    def role(self) -> str:
+        return str(self.claims.get("role") or "anon")

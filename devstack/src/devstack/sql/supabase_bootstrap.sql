@@ -69,3 +69,72 @@ begin
   end if;
 end
 $$;
+
+-- Realtime's own schema, as the Realtime server's tenant migrations leave it on every project
+-- (supabase/realtime priv/repo/tenant_schema/realtime/: schema.sql, tables/messages.sql,
+-- functions/topic.sql, functions/send.sql): what Broadcast from the database and Realtime
+-- Authorization need. The daily partitions and the publication the server streams the table
+-- from are the Realtime stand-in's to create, as the real server creates them. Not here: the
+-- postgres_changes internals (realtime.subscription, apply_rls, …), which the stand-in does in
+-- Python, and the owner role supabase_realtime_admin.
+create schema if not exists realtime;
+grant usage on schema realtime to anon, authenticated, service_role;
+
+create table if not exists realtime.messages (
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp without time zone not null default now(),
+  inserted_at timestamp without time zone not null default now(),
+  id uuid not null default gen_random_uuid(),
+  binary_payload bytea,
+  constraint messages_payload_exclusive check (payload is null or binary_payload is null),
+  constraint messages_pkey primary key (id, inserted_at)
+) partition by range (inserted_at);
+alter table realtime.messages enable row level security;
+create index if not exists messages_inserted_at_topic_index on only realtime.messages
+  (inserted_at desc, topic) where extension = 'broadcast' and private is true;
+grant insert, select, update on table realtime.messages to anon, authenticated, service_role;
+
+-- The channel topic being authorized (set by Realtime Authorization and by realtime.send).
+create or replace function realtime.topic() returns text
+language sql stable as $function$
+select nullif(current_setting('realtime.topic', true), '')::text;
+$function$;
+
+-- Broadcast from the database: a row the Realtime server streams to the topic's channels. Never
+-- raises: a failure is a WARNING and the caller's transaction goes on.
+create or replace function realtime.send(
+  payload jsonb,
+  event text,
+  topic text,
+  private boolean default true
+) returns void
+language plpgsql as $function$
+DECLARE
+  generated_id uuid;
+  final_payload jsonb;
+BEGIN
+  BEGIN
+    generated_id := gen_random_uuid();
+
+    -- Check if payload has an 'id' key, if not, add the generated UUID
+    IF payload ? 'id' THEN
+      final_payload := payload;
+    ELSE
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    END IF;
+
+    -- Set the topic configuration
+    EXECUTE format('SET LOCAL realtime.topic TO %L', topic);
+
+    INSERT INTO realtime.messages (id, payload, event, topic, private, extension)
+    VALUES (generated_id, final_payload, event, topic, private, 'broadcast');
+  EXCEPTION
+    WHEN OTHERS THEN
+      RAISE WARNING 'WarnSendingBroadcastMessage: %', SQLERRM;
+  END;
+END;
+$function$;
