@@ -128,3 +128,31 @@ def spawn_worker(env: dict[str, str], worker_id: str | None = None) -> subproces
     proc.worker_id = worker_id  # type: ignore[attr-defined]
     proc.log_path = log_dir / f"{worker_id}.log"  # type: ignore[attr-defined]
     return proc
+
+
+class Recorder:
+    """A test's ``JobContext``: records every handle write; the lease, the answer to "is the
+    handle still in use" and the stop reason are the test's to set."""
+
+    def __init__(
+        self, *, held: bool = True, in_use: bool | None = True, stop_reason: str | None = None
+    ) -> None:
+        self.writes: list[dict[str, Any] | None] = []
+        self.stored: dict[str, Any] | None = None
+        self.held = held
+        self.in_use = in_use
+        self.stop_reason = stop_reason
+        self.asked: list[str] = []
+
+    async def __call__(self, value: int) -> None:
+        return None
+
+    async def save_generation_ref(self, ref: dict[str, Any] | None) -> bool | None:
+        self.writes.append(ref)
+        if self.held:
+            self.stored = ref
+        return self.held
+
+    async def generation_ref_in_use(self, ref_id: str) -> bool | None:
+        self.asked.append(ref_id)
+        return self.in_use

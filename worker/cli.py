@@ -1,4 +1,4 @@
-"""The ``image-worker`` command: run, replay, status, demo."""
+"""The ``image-worker`` command: run, replay, status, cancel, dashboard, demo."""
 
 from __future__ import annotations
 
@@ -116,6 +116,14 @@ def replay(
         ),
     ] = None,
     failed: Annotated[bool, typer.Option("--failed", help="Also requeue failed jobs.")] = False,
+    cancelled: Annotated[
+        bool,
+        typer.Option(
+            "--cancelled",
+            help="Also requeue cancelled jobs (named ones too: a cancelled job is requeued only "
+            "with this flag).",
+        ),
+    ] = False,
     job: Annotated[
         list[str] | None,
         typer.Option(
@@ -147,7 +155,8 @@ def replay(
         int, typer.Option("--limit", min=1, help="Consider at most this many jobs.")
     ] = 10000,
 ) -> None:
-    """Requeue stuck (and, with --failed, failed) jobs: reset them to pending, attempts 0."""
+    """Requeue stuck (and, with --failed or --cancelled, failed or cancelled) jobs: reset them to
+    pending, attempts 0."""
     from worker.ops.replay import ReplayOptions, replay_command
     from worker.store.operations import ReplayCriteria
 
@@ -157,6 +166,7 @@ def replay(
         stuck_for=stuck_for,
         failed=failed,
         force=force,
+        cancelled=cancelled,
     )
     options = ReplayOptions(
         criteria=criteria, dry_run=dry_run, yes=yes, reason=reason, json=json_output, limit=limit
@@ -181,6 +191,50 @@ def status(
 
 
 @app.command()
+def cancel(
+    job: Annotated[
+        str,
+        typer.Option(
+            "--job",
+            metavar="ID",
+            parser=_ops_parser("parse_job_id"),
+            help="The job to cancel.",
+        ),
+    ],
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Cancel a job: pending ends cancelled at once; running is stopped by its worker, which
+    marks it cancelled; a finished job is left as it is."""
+    from worker.ops.cancel import cancel_command
+
+    settings = _operator_settings()
+    raise typer.Exit(cancel_command(settings, job, as_json=json_output))
+
+
+@app.command()
+def dashboard(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on. The default keeps the page to this machine; any other "
+            "address makes it reachable from others (put TLS and your own login in front).",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 8090,
+) -> None:
+    """The operators' live web page: counts, throughput, running, stuck and failed jobs. Needs
+    only SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY; read-only unless DASHBOARD_TOKEN is set,
+    which enables its replay and cancel buttons for requests that carry it."""
+    from worker.ops.dashboard.command import dashboard_command
+
+    settings = _operator_settings()
+    raise typer.Exit(dashboard_command(settings, host, port))
+
+
+@app.command()
 def demo(
     jobs: Annotated[
         int, typer.Option("--jobs", min=2, max=500, help="How many sample jobs to run.")
@@ -198,7 +252,8 @@ def demo(
         typer.Option(
             "--keep-running",
             help="After the summary, keep the stack and the worker up (and print the env for "
-            "`status` and `replay` in another terminal) until Ctrl-C.",
+            "`status` and `replay` in another terminal, and the URL of the operators' dashboard) "
+            "until Ctrl-C.",
         ),
     ] = False,
 ) -> None:

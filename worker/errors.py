@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from worker.text import one_line
+
 MAX_ERROR_CHARS = 500
 
 
@@ -16,7 +18,7 @@ class JobFailed(Exception):
     """A permanent failure of one job. ``reason`` is a short class name for metrics and logs."""
 
     def __init__(self, message: str, reason: str) -> None:
-        message = " ".join(message.split())
+        message = one_line(message)  # a remote service's words may carry control characters
         if len(message) > MAX_ERROR_CHARS:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
         super().__init__(message)

@@ -41,7 +41,7 @@ async def standin() -> AsyncIterator[CloudinaryStandIn]:
 
 def settings(cloudinary_url: str, **overrides: Any) -> Settings:
     return Settings(
-        supabase_url="http://x",
+        supabase_url="http://127.0.0.1:9",
         supabase_service_role_key="k",
         cloudinary_url=cloudinary_url,
         **overrides,
@@ -351,4 +351,6 @@ def test_cloudinary_url_parsing() -> None:
         with pytest.raises(ValueError, match="CLOUDINARY_URL"):
             CloudinaryAccount.from_url(bad)
     with pytest.raises(MissingSetting):
-        CloudinaryUploader(Settings(supabase_url="http://x", supabase_service_role_key="k"))
+        CloudinaryUploader(
+            Settings(supabase_url="http://127.0.0.1:9", supabase_service_role_key="k")
+        )

@@ -34,7 +34,7 @@ async def standin() -> AsyncIterator[GeneratorStandIn]:
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "supabase_url": "http://x",
+        "supabase_url": "http://127.0.0.1:9",
         "supabase_service_role_key": "k",
         "allow_insecure_downloads": False,
         "max_image_bytes": 65536,
@@ -128,26 +128,57 @@ async def test_unresolvable_host_fails_clearly() -> None:
 @pytest.mark.parametrize(
     ("ip", "problem"),
     [
-        # The contract: ALLOW_INSECURE_DOWNLOADS admits loopback and private addresses...
+        # The contract: ALLOW_INSECURE_DOWNLOADS admits plain http and loopback addresses...
         ("127.0.0.1", None),
-        ("10.0.0.5", None),
-        ("172.18.0.3", None),
-        ("100.64.0.1", None),
-        # ...but never cloud metadata or the other special ranges.
+        ("127.8.8.8", None),
+        ("::1", None),
+        ("::ffff:127.0.0.1", None),
+        # ...and nothing else: not the private network, never metadata or link-local.
+        ("10.0.0.5", "a private address"),
+        ("172.18.0.3", "a private address"),
+        ("fc00::5", "a private address"),
+        ("100.64.0.1", "a CGNAT address"),
         ("169.254.169.254", "a cloud metadata address"),
+        ("100.100.100.200", "a cloud metadata address"),
+        ("192.0.0.192", "a cloud metadata address"),
         ("169.254.10.10", "a link-local address"),
+        ("fe80::1", "a link-local address"),
         ("224.0.0.1", "a multicast address"),
+        # A loopback address wrapped in 6to4 or NAT64 is routed away, not to this host.
+        ("2002:7f00:1::", "a loopback address"),
+        ("64:ff9b::7f00:1", "a loopback address"),
     ],
 )
 def test_insecure_mode_policy(ip: str, problem: str | None) -> None:
+    """Finding 5: the flag allows http and loopback for a local stack, nothing more."""
     # Judged on the policy alone: nothing here may be connected to.
     policy = UrlPolicy.from_settings(make_settings(**INSECURE))
     assert policy.address_problem(ipaddress.ip_address(ip)) == problem
 
 
-async def test_insecure_mode_still_refuses_metadata() -> None:
-    failed = await fetch_fails("http://169.254.169.254/latest/meta-data/", settings=INSECURE)
-    assert failed.message == "image URL points to a cloud metadata address (169.254.169.254)"
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "image URL points to a cloud metadata address (169.254.169.254)",
+        ),
+        (
+            "http://100.100.100.200/latest/meta-data/",
+            "image URL points to a cloud metadata address (100.100.100.200)",
+        ),
+        (
+            "http://192.0.0.192/latest/",
+            "image URL points to a cloud metadata address (192.0.0.192)",
+        ),
+        ("http://10.0.0.5/x.png", "image URL points to a private address (10.0.0.5)"),
+    ],
+)
+async def test_insecure_mode_still_refuses_metadata_and_private_addresses(
+    url: str, message: str
+) -> None:
+    failed = await fetch_fails(url, settings=INSECURE)
+    assert failed.message == message
 
 
 async def test_insecure_mode_allows_http_on_loopback(standin: GeneratorStandIn) -> None:
@@ -171,6 +202,21 @@ async def test_insecure_mode_allows_http_on_loopback(standin: GeneratorStandIn) 
         ("100.127.255.254", "a CGNAT address"),
         ("192.0.2.1", "a private address"),  # TEST-NET-1: documentation only
         ("169.254.169.254", "a cloud metadata address"),
+        # Finding 5: more metadata endpoints, the IETF block, and IPv4 inside IPv6 unwrapped.
+        ("192.0.0.192", "a cloud metadata address"),  # Oracle Cloud
+        ("100.100.100.200", "a cloud metadata address"),  # Alibaba Cloud
+        ("::ffff:100.100.100.200", "a cloud metadata address"),
+        ("192.0.0.8", "a reserved address"),  # 192.0.0.0/24: IETF protocol assignments
+        ("2002:a9fe:a9fe::", "a cloud metadata address"),  # 6to4 of 169.254.169.254
+        ("2002:c000:c0::", "a cloud metadata address"),  # 6to4 of 192.0.0.192
+        ("2002:7f00:1::", "a loopback address"),
+        ("2002:a00:1::", "a private address"),
+        ("2002:808:808::", None),  # 6to4 of a public address
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),  # NAT64 (RFC 6052)
+        ("64:ff9b::7f00:1", "a loopback address"),
+        ("64:ff9b::a00:1", "a private address"),
+        ("64:ff9b:1::a00:1", "a private address"),  # local-use NAT64 (RFC 8215)
+        ("64:ff9b::808:808", None),  # DNS64 on an IPv6-only network: a public host
     ],
 )
 def test_address_categories(ip: str, category: str | None) -> None:
@@ -215,17 +261,34 @@ async def test_too_many_redirects(standin: GeneratorStandIn) -> None:
     assert failed.message == "image URL redirected more than 5 times"
 
 
-async def test_dns_rebinding_is_caught_at_the_connected_address(
+async def test_dns_rebinding_never_gets_a_request_through(standin: GeneratorStandIn) -> None:
+    """Finding 4: the name answers a public address when checked, then loopback (rebinding).
+    The connection is made to the address that was vetted, at the moment it was vetted: the
+    loopback server never sees a request, not even one blind one."""
+    answers = iter([[ipaddress.ip_address("93.184.216.34")]])
+
+    async def rebinding(host: str, port: int) -> list[IPAddress]:
+        return next(answers, [LOOPBACK])
+
+    url = standin.asset_url("png", job_id="rebinding").replace("127.0.0.1", "localhost")
+    failed = await fetch_fails(url, policy=UrlPolicy(allow_http=True, resolver=rebinding))
+    assert standin.calls_for("rebinding") == []
+    assert failed.message == "image URL points to a loopback address (127.0.0.1)"
+
+
+async def test_an_address_that_was_not_vetted_is_never_connected_to(
     standin: GeneratorStandIn,
 ) -> None:
-    """The lookup says "public", the connection lands on loopback: refused before the body."""
+    """The lookup lies about an address literal (it is never asked when connecting): the
+    socket itself refuses the address, and nothing is sent."""
 
     async def lying_resolver(host: str, port: int) -> list[IPAddress]:
         return [ipaddress.ip_address("93.184.216.34")]
 
     policy = UrlPolicy(allow_http=True, resolver=lying_resolver)
-    failed = await fetch_fails(standin.asset_url("png"), policy=policy)
-    assert failed.message == "image URL connected to a loopback address (127.0.0.1)"
+    failed = await fetch_fails(standin.asset_url("png", job_id="unvetted"), policy=policy)
+    assert standin.calls_for("unvetted") == []
+    assert failed.message == "image URL points to a loopback address (127.0.0.1)"
 
 
 # ------------------------------------------------------------------ what is downloaded
@@ -308,3 +371,53 @@ async def test_client_error_fails_at_once(standin: GeneratorStandIn) -> None:
     failed = await fetch_fails(standin.asset_url("status:404", job_id="gone"), policy=TRUST_STANDIN)
     assert failed.message == "image download failed: HTTP 404"
     assert len(standin.calls_for("gone")) == 1
+
+
+# ------------------------------------------------------------------ compressed bodies (finding 3)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def compressing_host() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """An image host on loopback that gzips whatever the client asked for, as a hostile one
+    may: ``/bomb`` is ~200 KB on the wire and 150 MiB once inflated. Records request headers."""
+    import gzip
+
+    from aiohttp import web
+
+    seen: list[dict[str, str]] = []
+    body = gzip.compress(b"\x89PNG\r\n\x1a\n" + bytes(150 << 20), compresslevel=9)
+
+    async def bomb(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(
+            body=body, headers={"Content-Type": "image/png", "Content-Encoding": "gzip"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/bomb.png", bomb)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+async def test_downloads_ask_for_no_compression_and_cap_a_gzip_bomb_while_inflating(
+    compressing_host: tuple[str, list[dict[str, str]]],
+) -> None:
+    import tracemalloc
+
+    base, seen = compressing_host
+    tracemalloc.start()
+    try:
+        failed = await fetch_fails(
+            f"{base}/bomb.png", policy=TRUST_STANDIN, settings={"max_image_bytes": 1 << 20}
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (failed.message, failed.reason) == ("image is over the 1 MB limit", "image_too_large")
+    assert peak < 8 << 20, f"peak {peak / (1 << 20):.1f} MiB for a 1 MiB cap"
+    assert seen[-1].get("Accept-Encoding") == "identity"

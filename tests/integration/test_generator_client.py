@@ -1,4 +1,5 @@
-"""GeneratorClient against the real generator stand-in, over real HTTP on loopback.
+"""The generic generator kind (``GENERATOR_KIND=http``) against the real generator stand-in,
+over real HTTP on loopback.
 
 Each test picks the stand-in's answer with a ``[gen:…]`` token in the prompt (see
 devstack/generator.py) and checks both the outcome and the calls the stand-in recorded.
@@ -6,6 +7,7 @@ devstack/generator.py) and checks both the outcome and the calls the stand-in re
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -17,11 +19,12 @@ import pytest_asyncio
 from loguru import logger
 
 from devstack.generator import GeneratorStandIn
+from tests.helpers import Recorder
 from worker.errors import JobFailed
 from worker.jobs import Job
 from worker.pipeline.addresses import UrlPolicy
 from worker.pipeline.download import ImageDownloader
-from worker.pipeline.generator import GeneratedImage, GeneratorClient
+from worker.pipeline.generators import GeneratedImage, GeneratorContext, make_generator
 from worker.pipeline.images import sniff_image
 from worker.settings import Settings
 
@@ -36,7 +39,7 @@ async def standin() -> AsyncIterator[GeneratorStandIn]:
 
 def make_settings(standin: GeneratorStandIn, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "supabase_url": "http://x",
+        "supabase_url": "http://127.0.0.1:9",
         "supabase_service_role_key": "k",
         "generator_url": standin.url,
         "generator_token": standin.token,
@@ -73,9 +76,9 @@ async def run(
 ) -> GeneratedImage:
     settings = make_settings(standin, **overrides)
     downloader = ImageDownloader(settings, deadline_seconds=download_deadline, policy=policy)
-    client = GeneratorClient(settings, downloader)
+    client = make_generator(settings, downloader)
     try:
-        return await client.generate(job, *size)
+        return await client.generate(job, *size, GeneratorContext.detached())
     finally:
         await client.aclose()
         await downloader.aclose()
@@ -360,8 +363,8 @@ async def test_oversize_download_fails(standin: GeneratorStandIn) -> None:
     )
 
 
-# ALLOW_INSECURE_DOWNLOADS=true also admits private addresses (the contract: a local stack may
-# live on a Docker network), so the private-address cases use a loopback-only policy: the
+# ALLOW_INSECURE_DOWNLOADS=true admits plain http and loopback only (private addresses stay
+# refused); the private-address cases also pin that loopback-only policy explicitly: the
 # stand-in itself stays reachable and no test ever connects to 10.0.0.5.
 LOOPBACK_ONLY = UrlPolicy(allow_http=True, allow_loopback=True, allow_private=False)
 
@@ -430,9 +433,91 @@ async def test_token_never_in_messages_or_logs(
 
 async def test_each_attempt_is_logged(standin: GeneratorStandIn, log_lines: list[str]) -> None:
     job, _ = await generate(standin, "status:503:1")
-    attempts = [line for line in log_lines if "generator attempt" in line and job.id in line]
-    assert len(attempts) == 3  # attempt 1, the retry notice, attempt 2
-    assert "generator attempt 1 failed (HTTP 503); retrying in 0.05 s" in attempts[1]
-    del attempts[1]
-    assert "1/4: HTTP 503 text/plain" in attempts[0]
-    assert "2/4: HTTP 200 image/png" in attempts[1]
+    lines = [line for line in log_lines if job.id in line]
+    assert len(lines) == 4  # the POST, the retry notice, the POST, the success
+    assert "generator POST GENERATOR_URL's origin: HTTP 503 text/plain" in lines[0]
+    assert "generator attempt 1/4 failed (HTTP 503); retrying in 0.05 s" in lines[1]
+    assert "generator POST GENERATOR_URL's origin: HTTP 200 image/png" in lines[2]
+    assert "generator attempt 2/4 succeeded in" in lines[3]
+
+
+# ------------------------------------------------------------------ the 303 handle (paid once)
+
+
+async def run_job(
+    standin: GeneratorStandIn, job: Job, context: Recorder | None, **overrides: Any
+) -> GeneratedImage:
+    settings = make_settings(standin, **overrides)
+    downloader = ImageDownloader(settings, deadline_seconds=2.0)
+    generator = make_generator(settings, downloader)
+    try:
+        return await generator.generate(
+            job, 320, 180, GeneratorContext.of(context) if context else GeneratorContext.detached()
+        )
+    finally:
+        await generator.aclose()
+        await downloader.aclose()
+
+
+async def test_the_303_result_url_is_stored_before_waiting(standin: GeneratorStandIn) -> None:
+    job, recorder = make_job("redirect303:3:0.2"), Recorder()
+    await run_job(standin, job, recorder)
+    (ref,) = recorder.writes  # the same result URL each leg: written once
+    assert ref is not None and ref["kind"] == "http"
+    assert "__modal_function_call_id=fc-" in ref["url"] and ref["url"].startswith(standin.url)
+    first_get = standin.calls_for(job.id, "GET")[0]
+    assert first_get.path in ref["url"]
+    assert first_get.headers["Authorization"] == "Bearer [redacted]"  # its own origin: the token
+
+
+async def test_a_released_job_resumes_its_result_url_without_a_new_post(
+    standin: GeneratorStandIn,
+) -> None:
+    job, first = make_job("redirect303:3:0.4"), Recorder(stop_reason="shutdown")
+    task = asyncio.create_task(run_job(standin, job, first))
+    async with asyncio.timeout(5):
+        while not first.writes:  # noqa: ASYNC110 - the recorder has no event to wait on
+            await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    resumed = Job(**{**_fields(job), "attempts": 2, "generation_ref": first.writes[0]})
+    second = Recorder()
+    image = await run_job(standin, resumed, second)
+    assert image.format == "png" and second.writes == []
+    assert posts(standin, job) == [303]  # one generation request in all
+    assert [c.status for c in standin.calls_for(job.id, "GET")][-1] == 200
+
+
+async def test_a_gone_result_url_is_posted_again(standin: GeneratorStandIn) -> None:
+    job = make_job("png")
+    stale = {
+        "v": 1,
+        "kind": "http",
+        "id": "x",
+        "url": f"{standin.url}?__modal_function_call_id=fc-0",
+    }
+    recorder = Recorder()
+    image = await run_job(standin, Job(**{**_fields(job), "generation_ref": stale}), recorder)
+    assert image.format == "png" and recorder.writes == [None]
+    calls = standin.calls_for("-", "GET")[-1:] + standin.calls_for(job.id)
+    assert [(c.method, c.status) for c in calls] == [("GET", 404), ("POST", 200)]
+
+
+async def test_a_handle_of_another_kind_is_ignored(standin: GeneratorStandIn) -> None:
+    job = make_job("png")
+    foreign = {"v": 1, "kind": "replicate", "id": "abc", "url": "https://api.replicate.com/x"}
+    await run_job(standin, Job(**{**_fields(job), "generation_ref": foreign}), None)
+    assert posts(standin, job) == [200]
+
+
+async def test_retry_after_is_honoured(standin: GeneratorStandIn) -> None:
+    job = make_job("status:429:1")  # the stand-in's 429 says Retry-After: 1
+    await run_job(standin, job, None)
+    first, second = standin.calls_for(job.id, "POST")
+    assert (first.status, second.status) == (429, 200)
+    assert second.time - first.time >= 1.0  # not the configured 0.05 s
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in Job.__dataclass_fields__}

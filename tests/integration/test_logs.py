@@ -180,3 +180,41 @@ def test_library_loggers_go_through_our_sink_at_sensible_levels(level, httpx_lev
     assert ("HTTP Request" in output) == (level == "DEBUG")
     assert "[Cloudinary] upload slow for cloudinary://k:[REDACTED]@cloud" in output
     assert "unit-worker" in output
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\x1b[31mred\x9b31m\u202ereversed\r\n2026-01-01 INFO forged line"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_control_characters_from_remote_text_are_escaped_in_the_sink(log_format: str) -> None:
+    """Finding 8: text a remote server wrote (quoted in a message, or in an exception) cannot
+    drive the terminal that shows the logs, nor start a log line of its own."""
+    import re
+
+    from tests.helpers import worker_settings as _unused  # noqa: F401 - the module's imports
+
+    buffer = io.StringIO()
+    settings = Settings(
+        _env_file=None,
+        supabase_url="http://127.0.0.1:9",
+        supabase_service_role_key="service-role-key-logs-0123",
+        log_format=log_format,
+        worker_id="sink-test",
+    )
+    configure_logging(settings, sink=buffer)
+    logger.warning("generator rejected the request: {}", ESCAPES)
+    try:
+        raise RuntimeError(f"a library quoting a body: {ESCAPES}")
+    except RuntimeError:
+        logger.exception("job attempt broke unexpectedly")
+    logging.getLogger("httpx").warning("library line: %s", ESCAPES)
+    output = buffer.getvalue()
+    assert "forged line" in output and "red" in output
+    lines = output.splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    controls = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    assert not controls.search(output), repr(output)
+    if log_format == "json":
+        for line in lines:
+            record = json.loads(line)
+            assert not controls.search(json.dumps(record, ensure_ascii=False).replace("\\n", ""))

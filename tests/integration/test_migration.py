@@ -28,6 +28,8 @@ from devstack.stack import DevStack
 
 # The migration that made every function static SQL on public.jobs (contract v2).
 STATIC_SQL_MIGRATION = "20261127000000_image_worker_static_sql.sql"
+# Many users, one queue (contract v2): limits, fair claims, cancelling.
+TENANCY_MIGRATION = "20261127000100_image_worker_tenancy.sql"
 # Every function the worker and its operator commands call, with its arguments.
 WORKER_FUNCTIONS = {
     "image_worker_claim": "p_worker_id text, p_limit integer, "
@@ -42,12 +44,17 @@ WORKER_FUNCTIONS = {
     "image_worker_rescue": "p_max_attempts integer, p_limit integer",
     "image_worker_replay_eligible": "p_status text, p_started_at timestamp with time zone, "
     "p_lease_expires_at timestamp with time zone, p_named boolean, "
-    "p_stuck_seconds double precision, p_failed boolean, p_force boolean",
+    "p_stuck_seconds double precision, p_failed boolean, p_force boolean, p_cancelled boolean",
     "image_worker_replay_candidates": "p_ids uuid[], p_stuck_seconds double precision, "
-    "p_failed boolean, p_limit integer",
+    "p_failed boolean, p_limit integer, p_cancelled boolean",
     "image_worker_replay": "p_ids uuid[], p_named boolean, p_stuck_seconds double precision, "
-    "p_failed boolean, p_force boolean, p_reason text",
+    "p_failed boolean, p_force boolean, p_reason text, p_cancelled boolean",
     "image_worker_status": "p_list_limit integer",
+}
+# Added by the tenancy migration (20261127000100): the worker's side of cancelling.
+TENANCY_FUNCTIONS = {
+    "image_worker_mark_cancelled": "p_id uuid, p_lease_token uuid",
+    "image_worker_cancel_requested": "p_ids uuid[]",
 }
 
 
@@ -90,6 +97,32 @@ async def test_the_static_sql_migration_applies_twice_over_the_old_functions(
         assert [name for name, _, _, _ in once] == sorted(WORKER_FUNCTIONS)
 
 
+async def test_the_tenancy_migration_applies_twice_over_a_live_queue(pg_server: str) -> None:
+    """On an existing project with pending jobs (some with a user, some without), the tenancy
+    migration applies twice; the backlog's queues are set up, so the fair claim finds it all."""
+    async with _database(pg_server, _migrations(before=TENANCY_MIGRATION)) as conn:
+        users = [uuid.uuid4(), uuid.uuid4(), None]
+        for i in range(9):
+            await conn.execute(
+                "insert into public.jobs (prompt, user_id) values ($1, $2)",
+                f"job {i}",
+                users[i % 3],
+            )
+        await conn.execute("update public.jobs set status = 'complete' where prompt = 'job 0'")
+        tenancy = (MIGRATIONS_DIR / TENANCY_MIGRATION).read_text()
+        await conn.execute(tenancy)
+        once = await _functions_snapshot(conn)
+        await conn.execute(tenancy)
+        assert await _functions_snapshot(conn) == once
+        queues = await conn.fetchval("select count(*) from public.image_worker_queues")
+        assert queues == 3
+        claimed = await conn.fetch("select * from public.image_worker_claim('w', 100, 60)")
+        assert len(claimed) == 8
+        assert {json.loads(r[0])["user_id"] for r in claimed[:3]} == {
+            None if u is None else str(u) for u in users
+        }
+
+
 async def test_functions_are_static_sql_on_public_jobs(stack: DevStack) -> None:
     """After every migration: one definition per function (PostgREST never has to choose), none
     takes the table name, none builds SQL at run time; callable by the service role only."""
@@ -115,7 +148,7 @@ async def test_functions_are_static_sql_on_public_jobs(stack: DevStack) -> None:
         assert "p_table" not in row["argnames"], row["name"]
         assert not re.search(r"\bexecute\b", row["body"], re.IGNORECASE), row["name"]
         assert "%1$I" not in row["body"], row["name"]
-    for name, args in WORKER_FUNCTIONS.items():
+    for name, args in {**WORKER_FUNCTIONS, **TENANCY_FUNCTIONS}.items():
         assert [r["args"] for r in by_name.get(name, [])] == [args], name
         (row,) = by_name[name]
         assert row["language"] in ("sql", "plpgsql"), name
@@ -177,23 +210,21 @@ async def test_user_inserts_and_reads_only_their_own_jobs(stack: DevStack) -> No
 
     inserted = (
         await as_alice.table("jobs")
-        .insert(
-            {
-                "user_id": str(alice),
-                "prompt": "a castle",
-                "aspect_ratio": "16:9",
-                # Whatever a user sends for these is replaced: they only request work.
-                "status": "complete",
-                "image_url": "https://evil.example/x.png",
-                "attempts": 99,
-                "progress": 100,
-            }
-        )
+        .insert({"user_id": str(alice), "prompt": "a castle", "aspect_ratio": "16:9"})
         .execute()
     ).data[0]
     assert inserted["status"] == "pending"
     assert inserted["image_url"] is None and inserted["attempts"] == 0
     assert inserted["progress"] == 0
+    # A user only requests work: any other column is refused (column privileges, contract v2;
+    # tests/integration/test_tenancy.py has the whole list).
+    with pytest.raises(APIError) as caught:
+        await (
+            as_alice.table("jobs")
+            .insert({"user_id": str(alice), "prompt": "x", "status": "complete", "attempts": 99})
+            .execute()
+        )
+    assert caught.value.code == "42501"
 
     # Not for someone else.
     with pytest.raises(APIError) as caught:
@@ -241,7 +272,10 @@ async def test_nobody_but_the_service_role_updates_or_deletes(stack: DevStack) -
 async def test_anon_cannot_read_or_insert(stack: DevStack) -> None:
     await stack.pool.execute("insert into public.jobs (prompt) values ('hidden')")
     anon = await _client(stack)
-    assert (await anon.table("jobs").select("*").execute()).data == []
+    # No privilege at all on the table since contract v2 (before: RLS hid every row).
+    with pytest.raises(APIError) as caught:
+        await anon.table("jobs").select("*").execute()
+    assert caught.value.code == "42501"
     with pytest.raises(APIError):
         await anon.table("jobs").insert({"prompt": "anonymous"}).execute()
 

@@ -45,19 +45,28 @@ def test_demo_runs_every_job_through_a_realtime_drop(tmp_path: Path, private_tmp
         assert f"job {number} (" in out
     assert "complete in" in out
     assert "failed: aspect ratio '5:1' is not one of" in out
+    # One job is cancelled midway by the signed-in user who inserted it.
+    assert (
+        "cancel requested by its user (rpc cancel_job with their JWT; the job was running)" in out
+    )
+    assert "cancelled after" in out and "nothing uploaded" in out
     assert "cutting the Realtime socket" in out
     assert "realtime: down" in out
     assert "realtime: healthy again" in out
     assert "catch-up done:" in out
     assert "Summary" in out
-    assert "all 6 jobs ended as expected: 5 complete, 1 failed on purpose" in out
+    assert (
+        "all 6 jobs ended as expected: 4 complete, 1 failed on purpose (bad input), "
+        "1 cancelled midway by its user"
+    ) in out
     assert f"open {report.resolve().as_uri()}" in out
     assert "Traceback" not in out + done.stderr
     assert "Task was destroyed" not in out + done.stderr
 
     # A self-contained report: one embedded thumbnail per completed job, and the timeline.
     page = report.read_text()
-    assert page.count('<img src="data:image/') == 5
+    assert page.count('<img src="data:image/') == 4
+    assert "1 cancelled" in page and "cancelled by its user" in page
     assert "<svg" in page and "Realtime dropped" in page
     assert 'src="http' not in page and "<link" not in page  # nothing to fetch when opened
     log = (report.parent / "worker.log").read_text()

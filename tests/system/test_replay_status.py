@@ -258,6 +258,40 @@ async def test_large_replays_go_in_batches_and_the_script_wraps_the_command(
     assert counts["replayed"] == counts["total"] == 250
 
 
+async def test_replay_considers_every_job_behind_postgrest_max_rows(stack: DevStack) -> None:
+    """Finding 9: Supabase's PostgREST returns at most "Max rows" rows of a function's result
+    too; replay pages through them instead of silently considering only the first page."""
+    await stack.pool.execute(
+        "insert into jobs (prompt, status, attempts, error_message, completed_at) "
+        "select 'p' || g, 'failed', 3, 'boom', now() - g * interval '1 second' "
+        "from generate_series(1, 250) as g"
+    )
+    stack.rest.max_rows = 100
+    try:
+        everything = await cli(stack, "replay", "--failed", "--dry-run", "--json")
+        assert everything.code == 0, everything.stderr
+        report = everything.json()
+        assert len({j["id"] for j in report["would_replay"]}) == 250
+        assert report["truncated"] is False
+
+        limited = await cli(stack, "replay", "--failed", "--dry-run", "--json", "--limit", "120")
+        assert limited.code == 0, limited.stderr
+        assert len({j["id"] for j in limited.json()["would_replay"]}) == 120
+        assert limited.json()["truncated"] is True
+
+        done = await cli(stack, "replay", "--failed", "--yes", "--reason", "paged")
+        assert done.code == 0, done.stderr
+        assert "Replayed 250 job(s)." in done.stdout
+    finally:
+        stack.rest.max_rows = None
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from jobs where status = 'pending' and replay_reason = 'paged'"
+        )
+        == 250
+    )
+
+
 async def test_bad_options_are_usage_errors(stack: DevStack) -> None:
     for args in (("--stuck-for", "soon"), ("--job", "not-a-uuid")):
         result = await cli(stack, "replay", *args)
@@ -305,7 +339,9 @@ async def test_status_shows_counts_running_stuck_and_failures(stack: DevStack) -
         "recent_failures",
     ]
     assert report["table"] == "jobs"
-    assert report["counts"] == {"pending": 1, "running": 2, "complete": 1, "failed": 1, "total": 5}
+    assert report["counts"] == {
+        "pending": 1, "running": 2, "complete": 1, "failed": 1, "cancelled": 0, "total": 5
+    }  # fmt: skip
     assert 290 < report["oldest_pending_age_seconds"] < 400
     assert report["stuck_count"] == 1
     assert [j["id"] for j in report["stuck"]] == [dead]
@@ -354,3 +390,73 @@ async def test_unreachable_database_is_one_clear_line(stack: DevStack, command) 
     assert "cannot reach the database at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
     assert stack.keys.service_role_key not in result.stderr + result.stdout
+
+
+async def cancelled_job(stack: DevStack) -> str:
+    return await insert(
+        stack,
+        "status, attempts, started_at, completed_at, cancel_requested_at, generation_ref, "
+        "progress|'cancelled', 1, now() - interval '2 hours', now() - interval '1 hour', "
+        "now() - interval '1 hour', '{\"id\": \"gen-1\"}', 40",
+    )
+
+
+async def test_cancel_command_cancels_pending_requests_running_and_leaves_finished(
+    stack: DevStack,
+) -> None:
+    pending = await insert(stack, "status|'pending'")
+    live = await slow_live_job(stack)
+    done = await complete_job(stack)
+
+    result = await cli(stack, "cancel", "--job", pending, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json() == {"id": pending, "status": "cancelled", "outcome": "cancelled"}
+    result = await cli(stack, "cancel", "--job", live, "--json")
+    assert result.json() == {"id": live, "status": "running", "outcome": "cancel_requested"}
+    result = await cli(stack, "cancel", "--job", done)
+    assert result.code == 0, result.stderr
+    assert "already complete: nothing to cancel" in result.stdout
+
+    table = await rows(stack)
+    assert table[pending]["status"] == "cancelled" and table[pending]["completed_at"]
+    assert table[live]["status"] == "running" and table[live]["cancel_requested_at"]
+    assert table[done]["status"] == "complete" and table[done]["cancel_requested_at"] is None
+
+    unknown = str(uuid.uuid4())
+    missing = await cli(stack, "cancel", "--job", unknown, "--json")
+    assert missing.code == 1
+    assert missing.json() == {"id": unknown, "status": None, "outcome": "not_found"}
+    human = await cli(stack, "cancel", "--job", unknown)
+    assert human.code == 1 and f"job {unknown}: no such job" in human.stderr
+    bad = await cli(stack, "cancel", "--job", "not-a-uuid")
+    assert bad.code == 2 and "is not a job id" in bad.stderr
+    assert (await cli(stack, "cancel")).code == 2  # --job is required
+
+    status = (await cli(stack, "status", "--json")).json()
+    assert status["counts"]["cancelled"] == 1
+    assert {j["id"]: j["cancel_requested"] for j in status["running"]} == {live: True}
+
+
+async def test_cancelled_jobs_are_replayed_only_with_cancelled(stack: DevStack) -> None:
+    cancelled = await cancelled_job(stack)
+    failed = await failed_job(stack)
+
+    plain = await cli(stack, "replay", "--failed", "--job", cancelled, "--yes", "--json")
+    assert plain.code == 0, plain.stderr
+    assert plain.json()["replayed"] == []
+    assert plain.json()["skipped"] == [
+        {"id": cancelled, "status": "cancelled",
+         "reason": "it was cancelled: use --cancelled to requeue it"}
+    ]  # fmt: skip
+    everything = await cli(stack, "replay", "--failed", "--dry-run", "--json")
+    assert [j["id"] for j in everything.json()["would_replay"]] == [failed]
+
+    result = await cli(stack, "replay", "--cancelled", "--yes", "--json")
+    assert result.code == 0, result.stderr
+    assert [(j["id"], j["old_status"]) for j in result.json()["replayed"]] == [
+        (cancelled, "cancelled")
+    ]
+    row = (await rows(stack))[cancelled]
+    assert_replayed(row)
+    assert row["cancel_requested_at"] is None and row["generation_ref"] is None
+    assert (await rows(stack))[failed]["status"] == "failed"

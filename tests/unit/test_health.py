@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -52,3 +53,73 @@ def test_liveness_fails_after_a_side_task_died_or_the_loop_blocked() -> None:
     state.last_tick -= 60
     code, body = state.liveness()
     assert code == 503 and "event loop" in body["problems"][0]
+
+
+HOSTY_ERROR = (
+    "database call ping failed: ConnectError: Cannot connect to host db.internal.corp:5432"
+)
+
+
+async def failing_ping() -> None:
+    from worker.store import StoreError
+
+    raise StoreError("ping", "ConnectError: Cannot connect to host db.internal.corp:5432")
+
+
+async def test_readyz_keeps_error_text_with_host_names_to_itself_unless_asked() -> None:
+    """Finding 10: /readyz says what is wrong, not where (host names are for the logs)."""
+    status = snapshot(last_claim_error=HOSTY_ERROR, dispatcher_alive_at=time.monotonic())
+    quiet = health.HealthState(lambda: status, failing_ping)
+    ready, body = await quiet.readiness()
+    assert not ready
+    assert body["database"]["ok"] is False and body["database"]["error"]
+    assert body["last_claim_error"]
+    assert "db.internal.corp" not in str(body)
+    assert set(body["reasons"]) >= {"database unreachable", "claims failing"}
+
+    verbose = health.HealthState(lambda: status, failing_ping, error_details=True)
+    _, body = await verbose.readiness()
+    assert "db.internal.corp" in body["database"]["error"]
+    assert "db.internal.corp" in body["last_claim_error"]
+
+
+async def test_the_health_server_binds_health_host() -> None:
+    """Finding 10: HEALTH_HOST picks the address (default 0.0.0.0, for containers)."""
+    import asyncio
+    import socket
+
+    import psutil
+
+    from worker.settings import Settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        _env_file=None,
+        supabase_url="http://127.0.0.1:9",
+        supabase_service_role_key="k",
+        health_port=port,
+        health_host="127.0.0.1",
+    )
+    current = snapshot(dispatcher_alive_at=time.monotonic())
+
+    async def ping() -> None:
+        return None
+
+    server = asyncio.create_task(health.serve_health(settings, lambda: current, ping))
+    try:
+        for _ in range(100):
+            listening = [
+                c.laddr
+                for c in psutil.Process().net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            ]
+            if listening:
+                break
+            await asyncio.sleep(0.05)
+        assert [address.ip for address in listening] == ["127.0.0.1"]
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server

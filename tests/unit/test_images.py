@@ -13,7 +13,7 @@ from worker.jobs import Job
 from worker.pipeline.images import DIMENSIONS, human_size, sniff_image, too_large, validate_job
 from worker.settings import ASPECT_RATIOS, Settings
 
-SETTINGS = Settings(supabase_url="http://x", supabase_service_role_key="k")
+SETTINGS = Settings(supabase_url="http://127.0.0.1:9", supabase_service_role_key="k")
 
 
 def job(**fields: Any) -> Job:
@@ -75,7 +75,9 @@ def test_bad_input_messages(fields: dict[str, Any], message: str) -> None:
 
 
 def test_prompt_limit_follows_the_setting() -> None:
-    settings = Settings(supabase_url="http://x", supabase_service_role_key="k", max_prompt_chars=10)
+    settings = Settings(
+        supabase_url="http://127.0.0.1:9", supabase_service_role_key="k", max_prompt_chars=10
+    )
     assert validate_job(job(prompt="x" * 10), settings) == (1024, 1024)
     with pytest.raises(JobFailed, match="prompt is 11 characters, over the 10 limit"):
         validate_job(job(prompt="x" * 11), settings)

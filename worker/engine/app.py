@@ -18,6 +18,7 @@ import time
 
 from loguru import logger
 
+from worker.engine.cancels import watch_cancels
 from worker.engine.completer import Completer
 from worker.engine.dispatcher import Dispatcher
 from worker.engine.executor import Executor
@@ -53,6 +54,7 @@ class Worker:
             store = PostgrestStore(settings)
         self.store = store
         self.dispatcher: Dispatcher | None = None
+        self.executor: Executor | None = None
         self.realtime = None  # the Realtime wake-up source, in realtime mode
         self.ready = asyncio.Event()  # set once the worker claims work
         self.exit_code = 0
@@ -109,7 +111,9 @@ class Worker:
             job_deadline = job_deadline or pipeline.deadline
         await self.store.open()
         completer = Completer(self.store)
-        executor = Executor(s, self.store, step, completer, job_deadline=job_deadline)
+        self.executor = executor = Executor(
+            s, self.store, step, completer, job_deadline=job_deadline
+        )
         self.dispatcher = dispatcher = Dispatcher(
             self.store, executor, s.worker_concurrency, s.worker_id
         )
@@ -126,10 +130,18 @@ class Worker:
             rescue_forever(self.store, s.worker_lease_seconds, dispatcher.wake, s.worker_id),
             name="rescuer",
         )
+        services["cancels"] = asyncio.create_task(
+            watch_cancels(self.store, executor, s.worker_poll_interval_seconds, s.worker_id),
+            name="cancels",
+        )
         if s.worker_mode == WorkerMode.REALTIME:
             from worker.wakeups.realtime import RealtimeWakeups
 
-            self.realtime = RealtimeWakeups(s, dispatcher.wake)
+            self.realtime = RealtimeWakeups(
+                s,
+                dispatcher.wake,
+                on_cancel=lambda job_id: executor.request_cancel(job_id, "realtime"),
+            )
             services["realtime"] = asyncio.create_task(self.realtime.run(), name="realtime")
             schedule = self.realtime.poll_schedule
         else:

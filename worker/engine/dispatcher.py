@@ -3,8 +3,9 @@
 Wake-up sources (Realtime, the poller, the catch-up after a reconnect) only call ``wake(trigger)``.
 Wake-ups coalesce into one flag that is cleared *before* each claim, never after: a wake-up that
 arrives while a claim is in flight leads to one more claim, so it can never be lost. When a claim
-fills every free slot there may be more work, so the dispatcher claims again each time a job
-finishes, until a claim comes back short.
+finds work there may be more, so the dispatcher claims again each time a job finishes, until a
+claim comes back empty (not merely short: a fair claim passes over users at their
+``max_running``, whose next job becomes claimable when one of theirs finishes).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Dispatcher:
                 self._log.debug("claimed {} job(s) ({})", len(claims), trigger)
             for claim in claims:
                 self._start(claim, trigger)
-            self._drain_trigger = trigger if len(claims) == free else None
+            self._drain_trigger = trigger if claims else None
 
     async def _claim_failed(self, trigger: str, exc: StoreError) -> None:
         metrics.DB_ERRORS.labels("claim").inc()

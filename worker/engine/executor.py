@@ -10,7 +10,11 @@ production; simple functions in tests). Around it the executor:
   finished at the same moment, see ``completer.py``), ``fail`` (``JobFailed``: the job's
   own fault, final) or ``retry`` (anything unexpected: tried again later, failed for good once
   ``JOB_MAX_ATTEMPTS`` claims are used);
-- on shutdown, cancels the step and releases the job to ``pending`` at once.
+- on shutdown, cancels the step and releases the job to ``pending`` at once;
+- on a cancel request (``cancel_job``), noticed through ``request_cancel`` (Realtime's UPDATE
+  event, the cancel watcher's poll) or a renewal that answers None, cancels the step (which
+  starts nothing more, uploads included, and may cancel its provider's generation: its
+  context's ``stop_reason`` is "cancelled") and ends the job ``cancelled`` under its lease.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from loguru import logger
 from tenacity import (
@@ -36,6 +41,7 @@ from worker.observability import metrics
 from worker.observability.redact import redact
 from worker.settings import Settings
 from worker.store import ClaimedJob, JobStore, StoreError
+from worker.text import one_line
 
 # Seconds before an attempt that broke unexpectedly is tried again: 2, 4, 8 … up to 60.
 RETRY_BACKOFF_BASE = 2.0
@@ -48,7 +54,7 @@ class _Attempt:
     def __init__(self, claim: ClaimedJob) -> None:
         self.claim = claim
         self.work: asyncio.Task[JobResult] | None = None
-        self.cancel_reason: str | None = None  # "lease_lost" | "shutdown"
+        self.cancel_reason: str | None = None  # "lease_lost" | "shutdown" | "cancelled"
         self.lost_because = ""
 
     def cancel(self, reason: str) -> None:
@@ -64,11 +70,17 @@ class _ProgressReporter:
     still stops the job."""
 
     def __init__(
-        self, store: JobStore, claim: ClaimedJob, on_lost: Callable[[], None], log
+        self,
+        store: JobStore,
+        claim: ClaimedJob,
+        on_lost: Callable[[], None],
+        log,
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._claim = claim
         self._on_lost = on_lost
+        self._on_cancel = on_cancel
         self._log = log
         self._latest: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +97,10 @@ class _ProgressReporter:
                 held = await self._store.heartbeat(self._claim, progress=value)
             except StoreError as exc:
                 self._log.warning("progress {} not recorded: {}", value, exc)
+                continue
+            if held is None:  # held, but a cancel was requested
+                if self._on_cancel is not None:
+                    self._on_cancel()
                 continue
             if not held:
                 self._on_lost()
@@ -104,6 +120,50 @@ class _ProgressReporter:
         await asyncio.wait([self._task])
         if not self._task.cancelled() and self._task.exception() is not None:
             self._log.opt(exception=self._task.exception()).warning("progress write broke")
+
+
+class _JobContext:
+    """What a running step gets as its ``progress`` (``worker.jobs.JobContext``): progress
+    reports, the job's generation handle written under the lease, and why it is being stopped.
+    The engine knows nothing of providers: a handle is an opaque JSON object to it."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        attempt: _Attempt,
+        reporter: _ProgressReporter,
+        on_lost: Callable[[], None],
+        log,
+    ) -> None:
+        self._store = store
+        self._attempt = attempt
+        self._reporter = reporter
+        self._on_lost = on_lost
+        self._log = log
+
+    async def __call__(self, value: int) -> None:
+        await self._reporter.report(value)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._attempt.cancel_reason
+
+    async def save_generation_ref(self, ref: dict[str, Any] | None) -> bool | None:
+        try:
+            held = await self._store.set_generation_ref(self._attempt.claim, ref)
+        except StoreError as exc:
+            self._log.warning("generation handle not recorded: {}", exc)
+            return None
+        if not held:
+            self._on_lost()
+        return held
+
+    async def generation_ref_in_use(self, ref_id: str) -> bool | None:
+        try:
+            return await self._store.generation_ref_in_use(self._attempt.claim.job.id, ref_id)
+        except StoreError as exc:
+            self._log.warning("could not check the job's generation handle: {}", exc)
+            return None
 
 
 class Executor:
@@ -130,6 +190,24 @@ class Executor:
         for attempt in list(self._attempts.values()):
             attempt.cancel(reason)
 
+    def in_flight(self) -> list[str]:
+        """The ids of the jobs running now."""
+        return list(self._attempts)
+
+    def request_cancel(self, job_id: str, noticed_by: str) -> bool:
+        """A cancel was requested for this job (``noticed_by``: realtime, watch, renewal): stop
+        its step and end it ``cancelled``. False when this worker is not running it."""
+        attempt = self._attempts.get(job_id)
+        if attempt is None:
+            return False
+        if attempt.cancel_reason is None:
+            logger.bind(job_id=job_id, worker_id=self._settings.worker_id).info(
+                "cancel requested (noticed via {}): stopping the job", noticed_by
+            )
+            metrics.CANCELS_NOTICED.labels(noticed_by).inc()
+        attempt.cancel("cancelled")
+        return True
+
     async def run(self, claim: ClaimedJob) -> None:
         job = claim.job
         log = logger.bind(job_id=job.id, worker_id=self._settings.worker_id)
@@ -152,11 +230,15 @@ class Executor:
                     raise  # we ourselves are being cancelled: not a job outcome
                 result = None
             except JobFailed as exc:
-                await self._finish_failed(attempt, exc, log)
-                return
+                if attempt.cancel_reason != "cancelled":
+                    await self._finish_failed(attempt, exc, log)
+                    return
+                result = None  # stopped for its cancel: whatever it raised on the way out
             except Exception as exc:
-                await self._finish_broken(attempt, exc, log)
-                return
+                if attempt.cancel_reason != "cancelled":
+                    await self._finish_broken(attempt, exc, log)
+                    return
+                result = None
             finally:
                 renewer.cancel()
             if attempt.cancel_reason == "shutdown":
@@ -164,6 +246,9 @@ class Executor:
             elif attempt.cancel_reason == "lease_lost":
                 metrics.LEASES_LOST.inc()
                 log.warning("job abandoned, nothing written: {}", attempt.lost_because)
+            elif attempt.cancel_reason == "cancelled":
+                # Noticed before the outcome was written: even a finished result is dropped.
+                await self._finish_cancelled(attempt, log)
             elif result is not None:
                 await self._finish_complete(attempt, result, log)
         finally:
@@ -175,19 +260,30 @@ class Executor:
             metrics.STAGE_DURATION.labels("total").observe(time.monotonic() - started)
 
     async def _run_step(self, attempt: _Attempt, log) -> JobResult:
+        if attempt.claim.unreadable is not None:
+            # Retrying cannot make the row readable: fail it now, under the lease.
+            raise JobFailed(f"the job row cannot be read: {attempt.claim.unreadable}", "bad_row")
         reporter = _ProgressReporter(
             self._store,
             attempt.claim,
+            lambda: self._lose(attempt, "the lease was taken over by another worker", log),
+            log,
+            on_cancel=lambda: self.request_cancel(attempt.claim.job.id, "renewal"),
+        )
+        context = _JobContext(
+            self._store,
+            attempt,
+            reporter,
             lambda: self._lose(attempt, "the lease was taken over by another worker", log),
             log,
         )
         cancelled = False
         try:
             if self._job_deadline is None:
-                return await self._step(attempt.claim.job, reporter.report)
+                return await self._step(attempt.claim.job, context)
             try:
                 async with asyncio.timeout(self._job_deadline):
-                    return await self._step(attempt.claim.job, reporter.report)
+                    return await self._step(attempt.claim.job, context)
             except TimeoutError:
                 raise JobFailed(
                     f"job took longer than its {self._job_deadline:.0f} s limit", "timeout"
@@ -224,7 +320,9 @@ class Executor:
                     )
                     return
                 continue
-            if not held:
+            if held is None:  # held, but a cancel was requested: stop the work
+                self.request_cancel(attempt.claim.job.id, "renewal")
+            elif not held:
                 self._lose(attempt, "the lease was taken over by another worker", log)
                 return
             last_renewed = time.monotonic()
@@ -283,7 +381,9 @@ class Executor:
             log.warning("job failed but its lease was lost meanwhile; nothing written")
 
     async def _finish_broken(self, attempt: _Attempt, exc: Exception, log) -> None:
-        detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        detail = redact(
+            one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        )
         message = f"attempt {attempt.claim.job.attempts} broke unexpectedly ({detail[:300]})"
         delay = min(RETRY_BACKOFF_BASE**attempt.claim.job.attempts, RETRY_BACKOFF_MAX)
         log.opt(exception=exc).error("job attempt broke unexpectedly")
@@ -299,8 +399,25 @@ class Executor:
         elif status == "pending":
             metrics.JOBS_RETRIED.inc()
             log.info("job will be retried in {:.0f} s", delay)
+        elif status == "cancelled":  # its cancel was requested meanwhile: not retried
+            metrics.JOBS_CANCELLED.inc()
+            log.info("job cancelled (a cancel was requested; not retried)")
         else:
             metrics.LEASES_LOST.inc()
+
+    async def _finish_cancelled(self, attempt: _Attempt, log) -> None:
+        try:
+            held = await self._write(
+                "mark_cancelled", lambda: self._store.mark_cancelled(attempt.claim), log
+            )
+        except StoreError:
+            return  # the lease expires; rescue ends the job cancelled (its cancel is recorded)
+        if held:
+            metrics.JOBS_CANCELLED.inc()
+            log.info("job cancelled")
+        else:
+            metrics.LEASES_LOST.inc()
+            log.warning("job stopped for its cancel, but its lease was lost meanwhile")
 
     async def _release(self, attempt: _Attempt, log) -> None:
         try:

@@ -33,7 +33,14 @@ async def rescue_forever(store: JobStore, lease_seconds: float, wake: Wake, work
         else:
             for job in rescued:
                 metrics.JOBS_RESCUED.labels(job.status).inc()
-                if job.status == "failed":
+                if job.status == "cancelled":
+                    log.info(
+                        "job {} cancelled: its cancel was requested and the lease of worker {} "
+                        "expired",
+                        job.id,
+                        job.worker_id,
+                    )
+                elif job.status == "failed":
                     log.warning(
                         "job {} failed: its lease expired after its last allowed attempt "
                         "(last worker {})",

@@ -1,6 +1,7 @@
 """The worker's HTTP side: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics``.
 
-Served on ``0.0.0.0:HEALTH_PORT`` while the worker runs (``HEALTH_PORT=0`` turns it off).
+Served on ``HEALTH_HOST:HEALTH_PORT`` while the worker runs (``HEALTH_PORT=0`` turns it off;
+``HEALTH_HOST`` is ``0.0.0.0`` by default, for containers; ``127.0.0.1`` keeps it to the host).
 
 Liveness answers "should this process be restarted?", so it must fail only for what a restart
 fixes, never for an outside outage (a restart does not bring the database back):
@@ -20,6 +21,10 @@ Readiness answers "is this replica doing its job?": the database answers (a chea
 short deadline, cached briefly so probes don't hammer it) and the last claim did not fail. It is
 for dashboards, alerts and rollouts; work is pulled from the database, not routed by a load
 balancer, so an unready replica loses nothing.
+
+Anyone who reaches the port can read these answers, so ``/readyz`` says *what* is wrong and not
+*where*: the text of a database or claim error (host names, internal addresses) goes to the log,
+and into the body only with ``HEALTH_ERROR_DETAILS=true`` (redacted either way).
 """
 
 from __future__ import annotations
@@ -58,9 +63,10 @@ class HealthState:
     """What the endpoints report, from the worker's status snapshots, kept current by a
     heartbeat task."""
 
-    def __init__(self, status: StatusGetter, ping: Ping) -> None:
+    def __init__(self, status: StatusGetter, ping: Ping, *, error_details: bool = False) -> None:
         self._status = status
         self._ping = ping
+        self._error_details = error_details
         self.last_tick = time.monotonic()
         self.loop_lag = 0.0
         self._free_since: float | None = None
@@ -143,11 +149,23 @@ class HealthState:
                 except TimeoutError:
                     self._db_error = f"no answer within {DB_CHECK_TIMEOUT:g} s"
                 except Exception as exc:  # StoreError, or a store closed at shutdown
-                    self._db_error = redact(str(exc) or type(exc).__name__)
+                    error = redact(str(exc) or type(exc).__name__)
+                    if error != self._db_error:  # once per new error, not once per probe
+                        logger.warning("readiness: the database check failed: {}", error)
+                    self._db_error = error
                 else:
                     self._db_error = None
                 self._db_checked_at = time.monotonic()
             return self._db_error
+
+    def _shown(self, error: str | None, summary: str) -> str | None:
+        """An error as /readyz shows it: in full only with HEALTH_ERROR_DETAILS."""
+        if error is None:
+            return None
+        if self._error_details:
+            return redact(error)
+        # Our own "no answer within N s" names no host; anything else may.
+        return error if error.startswith("no answer within") else summary
 
     async def readiness(self, max_age: float = DB_CHECK_MAX_AGE_PROBE) -> tuple[bool, dict]:
         db_error = await self.database_error(max_age)
@@ -179,12 +197,14 @@ class HealthState:
             "in_flight": status.in_flight,
             "concurrency": status.concurrency,
             "last_claim_age_seconds": _round(now - last_claim) if last_claim else None,
-            "last_claim_error": redact(status.last_claim_error)
-            if status.last_claim_error
-            else None,
+            "last_claim_error": self._shown(
+                status.last_claim_error, "the last claim failed (the worker's log has the error)"
+            ),
             "database": {
                 "ok": db_error is None,
-                "error": db_error,
+                "error": self._shown(
+                    db_error, "the database did not answer (the worker's log has the error)"
+                ),
                 "checked_seconds_ago": _round(now - self._db_checked_at)
                 if self._db_checked_at
                 else None,
@@ -223,20 +243,25 @@ def build_app(state: HealthState) -> web.Application:
 async def serve_health(settings: Settings, status: StatusGetter, ping: Ping) -> None:
     """Serve the endpoints until cancelled (the app starts this when HEALTH_PORT != 0), from the
     worker's ``status()`` snapshots and the store's ``ping``."""
-    port = settings.health_port
+    host, port = settings.health_host, settings.health_port
     log = logger.bind(worker_id=settings.worker_id)
-    state = HealthState(status, ping)
+    state = HealthState(status, ping, error_details=settings.health_error_details)
     runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
     await runner.setup()
     heartbeat: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, "0.0.0.0", port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            log.error("cannot serve /healthz, /readyz, /metrics on HEALTH_PORT {}: {}", port, exc)
+            log.error(
+                "cannot serve /healthz, /readyz, /metrics on HEALTH_HOST {} HEALTH_PORT {}: {}",
+                host,
+                port,
+                exc,
+            )
             raise
-        log.info("health and metrics on :{} (/healthz, /readyz, /metrics)", port)
+        log.info("health and metrics on {}:{} (/healthz, /readyz, /metrics)", host, port)
         heartbeat = asyncio.create_task(state.heartbeat(), name="health-heartbeat")
         # The heartbeat never ends by itself; if it does (a bug), liveness reports the stale tick.
         await asyncio.Future()

@@ -13,6 +13,10 @@
   bound values and exception text and tracebacks alike (a library exception whose message holds
   a URL with ``apikey=`` included). ``diagnose`` is off: loguru would otherwise print the values
   of local variables in tracebacks, secrets included.
+- Control characters are escaped here too (``worker.text.escape_controls``), whatever line they
+  come in: a remote body quoted in a message or an exception cannot drive the terminal showing
+  the logs (ESC sequences), reorder it (bidi overrides) or start a forged line of its own (CR,
+  LF: a message is always one line; tracebacks keep their own line breaks).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from loguru import logger
 
 from worker.observability.redact import redact
 from worker.settings import Settings
+from worker.text import escape_controls
 
 # Library loggers and their level at LOG_LEVEL INFO. httpx logs every request at INFO, with its
 # URL (and a URL can carry an apikey): too noisy and too risky outside debugging.
@@ -88,6 +93,8 @@ def _patcher(worker_id: str) -> Callable[[dict[str, Any]], None]:
         name = extra.get("logger_name")
         # Library lines say where they come from; our own lines don't need to.
         extra["_origin"] = f"[{name}] " if name else ""
+        # The message is one line, and no control character in it reaches a sink.
+        record["message"] = escape_controls(record["message"])
 
     return patch
 
@@ -104,10 +111,22 @@ class _Sink:
 
 
 class _TextSink(_Sink):
-    """Writes loguru's formatted line (traceback included) after redacting all of it."""
+    """Writes loguru's formatted line (traceback included) after redacting all of it and
+    escaping its control characters (the traceback's line breaks and our own colours kept;
+    the traceback's lines indented)."""
+
+    def __init__(self, stream: TextIO | Callable[[str], object], colours: bool = False) -> None:
+        super().__init__(stream)
+        self._colours = colours
 
     def __call__(self, message: str) -> None:
-        self._emit(redact(str(message)))
+        text = escape_controls(redact(str(message)), "\n\t", keep_colours=self._colours)
+        # The lines after the first (a traceback) are indented: only a record starts a line at
+        # column 0, so an exception quoting a body with a line break cannot forge one.
+        head, _, rest = text.rstrip("\n").partition("\n")
+        if rest:
+            head += "".join(f"\n  {line}" for line in rest.split("\n"))
+        self._emit(head + "\n")
 
 
 class _JsonSink(_Sink):
@@ -130,12 +149,12 @@ class _JsonSink(_Sink):
             "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
             "level": record["level"].name,
             "message": redact(record["message"]),
-            "job_id": None if job_id == "-" else redact(str(job_id)),
-            "worker_id": None if worker_id == "-" else redact(str(worker_id)),
+            "job_id": None if job_id == "-" else _redact_value(job_id),
+            "worker_id": None if worker_id == "-" else _redact_value(worker_id),
             "logger": logger_name,
             "function": record["function"],
             "line": record["line"],
-            "exception": redact(exception) if exception else None,
+            "exception": escape_controls(redact(exception), "\n\t") if exception else None,
             "extra": {k: _redact_value(v) for k, v in extra.items()},
         }
         self._emit(json.dumps(line, default=str) + "\n")
@@ -144,7 +163,7 @@ class _JsonSink(_Sink):
 def _redact_value(value: Any) -> Any:
     if isinstance(value, bool | int | float) or value is None:
         return value
-    return redact(str(value))
+    return escape_controls(redact(str(value)))
 
 
 def configure_logging(
@@ -167,7 +186,7 @@ def configure_logging(
     else:
         colorize = bool(getattr(stream, "isatty", lambda: False)())
         handler = logger.add(
-            _TextSink(stream),
+            _TextSink(stream, colours=colorize),
             level=settings.log_level,
             format=TEXT_FORMAT,
             colorize=colorize,

@@ -36,6 +36,18 @@ JOBS_RESCUED = Counter(
 JOBS_RELEASED = Counter(
     "image_worker_jobs_released", "Jobs given back at shutdown", registry=REGISTRY
 )
+JOBS_CANCELLED = Counter(
+    "image_worker_jobs_cancelled",
+    "Running jobs this worker stopped and ended cancelled after a cancel request",
+    registry=REGISTRY,
+)
+CANCELS_NOTICED = Counter(
+    "image_worker_cancels_noticed",
+    "Cancel requests of running jobs noticed, by how: realtime (the UPDATE event), watch (the "
+    "poll of the running jobs), renewal (a lease renewal's answer)",
+    ["via"],
+    registry=REGISTRY,
+)
 LEASES_LOST = Counter(
     "image_worker_leases_lost",
     "Jobs abandoned because their lease was taken over or could not be renewed",
@@ -77,6 +89,30 @@ GENERATOR_ATTEMPTS = Counter(
     "image_worker_generator_attempts",
     "Generator HTTP attempts, by outcome",
     ["outcome"],
+    registry=REGISTRY,
+)
+GENERATION_REQUESTS = Counter(
+    "image_worker_generation_requests",
+    "Requests that ask the provider for a new (billed) generation, by generator kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+GENERATIONS_RESUMED = Counter(
+    "image_worker_generations_resumed",
+    "Attempts that resumed a stored generation handle instead of paying for a new generation",
+    ["kind"],
+    registry=REGISTRY,
+)
+GENERATOR_THROTTLED = Counter(
+    "image_worker_generator_throttled",
+    "Throttled answers (429, or 503 with Retry-After) from the provider, by generator kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+PROVIDER_CANCELS = Counter(
+    "image_worker_provider_cancels",
+    "Generations cancelled at the provider (job cancelled or failed, lease lost, handle unused)",
+    ["kind"],
     registry=REGISTRY,
 )
 CLOUDINARY_ATTEMPTS = Counter(

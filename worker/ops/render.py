@@ -15,6 +15,7 @@ from worker.observability.redact import redact
 from worker.settings import Settings
 from worker.store import StoreError, functions
 from worker.store.operations import Candidate, Replayed
+from worker.text import escape_controls, printable
 
 if TYPE_CHECKING:
     from worker.ops.replay import ReplayOptions, ReplayPlan
@@ -37,8 +38,14 @@ def format_age(seconds: float | None) -> str:
 
 def describe_store_error(settings: Settings, exc: StoreError) -> str:
     """One line for the operator: what failed, and the likely fix when we can tell."""
-    detail = redact(exc.detail)
-    if "PGRST202" in detail or "Could not find the function" in detail:
+    detail = escape_controls(redact(exc.detail))
+    missing = "PGRST202" in detail or "Could not find the function" in detail
+    if missing and ("cancel" in detail or "cancelled" in detail):
+        return (
+            f"error: the database has no image-worker cancel functions; apply "
+            f"{functions.TENANCY_MIGRATION} ({detail})"
+        )
+    if missing:
         return (
             f"error: the database has no image-worker operations functions; apply {functions.OPERATIONS_MIGRATION} "
             f"({detail})"
@@ -47,6 +54,8 @@ def describe_store_error(settings: Settings, exc: StoreError) -> str:
 
 
 def report_plan(out: Console, plan: ReplayPlan, options: ReplayOptions, truncated: bool) -> None:
+    if not options.json:  # JSON escapes control characters itself
+        plan = printable(plan)
     if options.json:
         print_json(
             {
@@ -78,6 +87,8 @@ def report_replayed(
     options: ReplayOptions,
     truncated: bool,
 ) -> None:
+    if not options.json:  # JSON escapes control characters itself
+        plan, replayed = printable(plan), printable(replayed)
     order = {c.id: i for i, c in enumerate(plan.replay)}
     replayed = sorted(replayed, key=lambda r: order.get(r.id, len(order)))  # as listed
     done = {r.id for r in replayed}
@@ -129,6 +140,7 @@ def skipped_json(plan: ReplayPlan) -> list[dict[str, Any]]:
 
 
 def print_skipped(out: Console, plan: ReplayPlan) -> None:
+    plan = printable(plan)
     for c, why in plan.skipped:
         out.print(f"skipped {c.id} ({c.status}): {why}", markup=False)
     for job_id in plan.not_found:
@@ -136,6 +148,7 @@ def print_skipped(out: Console, plan: ReplayPlan) -> None:
 
 
 def job_table(title: str, jobs: list[Candidate]) -> Table:
+    jobs = printable(jobs)
     table = Table(title=title, title_justify="left")
     table.add_column("id", no_wrap=True, min_width=36)
     table.add_column("status")
@@ -164,14 +177,20 @@ def job_table(title: str, jobs: list[Candidate]) -> Table:
 
 
 def print_status(out: Console, report: dict[str, Any]) -> None:
+    # Rows hold other programs' words (error messages quoting remote services, worker ids):
+    # shown with their control characters escaped, never obeyed by the terminal.
+    report = printable(report)
     counts = report["counts"]
     summary = Table(title=f"Jobs in public.{report['table']}", title_justify="left")
-    for name in ("pending", "running", "complete", "failed", "total"):
+    for name in ("pending", "running", "complete", "failed", "cancelled", "total"):
         summary.add_column(name, justify="right")
     pending = f"{counts['pending']}"
     if report.get("pending_delayed"):
         pending += f" ({report['pending_delayed']} delayed)"
-    summary.add_row(pending, *(str(counts[k]) for k in ("running", "complete", "failed", "total")))
+    summary.add_row(
+        pending,
+        *(str(counts[k]) for k in ("running", "complete", "failed", "cancelled", "total")),
+    )
     out.print(summary)
     out.print(f"oldest pending: {format_age(report.get('oldest_pending_age_seconds'))} waiting")
     stuck_count = report.get("stuck_count", 0)
@@ -192,6 +211,8 @@ def print_status(out: Console, report: dict[str, Any]) -> None:
                 lease = f"{format_age(left)} left"
             else:
                 lease = f"expired {format_age(-left)} ago"
+            if r.get("cancel_requested"):
+                lease += ", cancel requested"
             table.add_row(
                 r["id"],
                 Text(r.get("worker_id") or "-"),

@@ -1,4 +1,5 @@
-"""``image-worker replay``: requeue stuck (and, with --failed, failed) jobs.
+"""``image-worker replay``: requeue stuck (and, with --failed or --cancelled, failed or cancelled)
+jobs.
 
 Replay first lists, then (unless ``--dry-run``) asks, then changes in batches of ``BATCH_SIZE``,
 each batch one atomic statement: an interrupted replay leaves every job either replayed or
@@ -38,7 +39,9 @@ class ReplayPlan:
 def plan_replay(candidates: list[Candidate], criteria: ReplayCriteria) -> ReplayPlan:
     plan = ReplayPlan()
     for c in candidates:
-        if not c.eligible:
+        if not c.eligible and c.status == "cancelled":
+            plan.skipped.append((c, "it was cancelled: use --cancelled to requeue it"))
+        elif not c.eligible:
             plan.skipped.append((c, f"status is {c.status}: nothing to replay"))
         elif c.lease_live and not criteria.force:
             plan.skipped.append((c, "its lease is still live (a worker holds it): use --force"))

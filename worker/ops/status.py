@@ -56,7 +56,7 @@ def _normalise_status(raw: dict[str, Any]) -> dict[str, Any]:
     report["table"] = JOBS_TABLE  # always "jobs" since contract v2; the key stays for scripts
     report["counts"] = {
         k: int((raw.get("counts") or {}).get(k, 0))
-        for k in ("pending", "running", "complete", "failed", "total")
+        for k in ("pending", "running", "complete", "failed", "cancelled", "total")
     }
     for key in ("running", "stuck", "recent_failures"):
         report[key] = report[key] or []

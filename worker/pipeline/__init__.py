@@ -1,4 +1,4 @@
-"""The image pipeline, the work each job exists for (``step``): the generator client
-(``generator``), the safe download of image URLs (``download``) under the address policy
+"""The image pipeline, the work each job exists for (``step``): the generator kinds
+(``generators``: the generic protocol, Replicate, OpenAI, fal), the safe download of image URLs (``download``) under the address policy
 (``addresses``), what the worker knows about images (``images``), and Cloudinary (``cloudinary``).
 """

@@ -6,8 +6,9 @@ Rules, checked on the first URL and again on EVERY redirect hop (at most ``MAX_R
 
 * the URL and the addresses its host resolves to must pass ``UrlPolicy``
   (``worker.pipeline.addresses``: https only, public addresses only, no metadata endpoints);
-* the address the connection actually reached is checked again before the body is read, so a
-  DNS answer that changes between our lookup and httpx's (DNS rebinding) is caught too;
+* the connection is made only to an address the policy vetted as it connects
+  (``vetted_client``): a DNS answer that changes between the check and the connection (DNS
+  rebinding) is refused before any byte is sent, not noticed afterwards;
 * ``Content-Length`` over ``MAX_IMAGE_BYTES`` is refused before reading, and the body is counted
   while streaming (servers may send no length, or lie);
 * the bytes must be PNG, JPEG, WebP or GIF by their magic numbers;
@@ -24,7 +25,10 @@ everything else fails the job at once with a ``JobFailed`` (reason ``download``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from loguru import logger
@@ -37,7 +41,7 @@ from tenacity import (
 
 from worker.errors import JobFailed, TransientError
 from worker.http import BodyTooLarge, is_transient, media_type, read_capped
-from worker.pipeline.addresses import UrlPolicy, parse_address
+from worker.pipeline.addresses import RefusedAddress, UrlPolicy, vetted_client
 from worker.pipeline.images import human_size, sniff_image, too_large
 from worker.settings import Settings
 
@@ -62,11 +66,18 @@ class ImageDownloader:
         self._policy = policy or UrlPolicy.from_settings(settings)
         self._deadline = deadline_seconds
         self._retry_wait = retry_wait_seconds
-        self._client = httpx.AsyncClient(
+        # Connects only to addresses the policy vetted, when it connects (DNS rebinding).
+        self._client = vetted_client(
+            self._policy,
             follow_redirects=False,  # each hop is checked by hand
-            trust_env=False,
             timeout=httpx.Timeout(min(30.0, deadline_seconds), connect=min(10.0, deadline_seconds)),
-            headers={"User-Agent": "image-worker", "Accept": "image/*"},
+            # Images are compressed already; a compressed answer is still inflated in bounded
+            # steps and counted (worker.http.iter_decoded), for servers that ignore this.
+            headers={
+                "User-Agent": "image-worker",
+                "Accept": "image/*",
+                "Accept-Encoding": "identity",
+            },
         )
 
     async def aclose(self) -> None:
@@ -106,10 +117,8 @@ class ImageDownloader:
             raise JobFailed("image URL is not a valid URL", "download") from None
         for hop in range(MAX_REDIRECTS + 1):
             what = "image URL" if hop == 0 else "image URL redirect"
-            await self._policy.check(current, what)
             try:
-                async with self._client.stream("GET", current) as response:
-                    self._check_peer(response, what)
+                async with self.checked_stream("GET", current, what) as response:
                     if response.status_code in REDIRECT_STATUSES:
                         location = response.headers.get("location")
                         if not location:
@@ -132,18 +141,22 @@ class ImageDownloader:
                 raise TransientError(type(exc).__name__) from exc
         raise JobFailed(f"image URL redirected more than {MAX_REDIRECTS} times", "download")
 
-    def _check_peer(self, response: httpx.Response, what: str) -> None:
-        """Refuse if the connection reached a forbidden address after all (DNS rebinding)."""
-        stream = response.extensions.get("network_stream")
-        peer = stream.get_extra_info("server_addr") if stream is not None else None
-        if not peer:
-            return
+    @contextlib.asynccontextmanager
+    async def checked_stream(
+        self, method: str, url: httpx.URL, what: str, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """One request to ``url`` under the download rules (the address policy before
+        connecting, and again on the very address connected to), on this credential-free
+        client, redirects not followed: for a caller that follows hops itself (the generator's
+        redirects to another origin). A refused address is ``JobFailed``."""
+        await self._policy.check(url, what)
         try:
-            ip = parse_address(str(peer[0]))
-        except ValueError:
-            return
-        if problem := self._policy.address_problem(ip):
-            raise JobFailed(f"{what} connected to {problem} ({ip})", "download")
+            async with self._client.stream(method, url, **kwargs) as response:
+                yield response
+        except httpx.TransportError as exc:
+            if (refused := RefusedAddress.behind(exc)) is not None:
+                raise refused.job_failed(what) from None
+            raise
 
     async def _read_image(self, response: httpx.Response) -> bytes:
         status = response.status_code

@@ -1,5 +1,9 @@
 """The work each job exists for: check input → generate → upload to Cloudinary.
 
+The generator is the one ``GENERATOR_KIND`` selects (``pipeline/generators``); it stores its
+provider's handle through the engine's ``JobContext`` (the step's ``progress``), so that a later
+attempt resumes the generation instead of paying for a new one.
+
 Progress: 10 when generation starts (set by the claim), 60 once the image is in hand (the upload
 is what remains), 100 with the completion itself.
 """
@@ -12,7 +16,7 @@ from worker.jobs import Job, JobResult, Progress
 from worker.observability import metrics
 from worker.pipeline.cloudinary import CloudinaryUploader
 from worker.pipeline.download import ImageDownloader
-from worker.pipeline.generator import GeneratorClient
+from worker.pipeline.generators import GeneratorContext, make_generator
 from worker.pipeline.images import validate_job
 from worker.settings import Settings
 
@@ -21,21 +25,26 @@ class ImagePipeline:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._downloader = ImageDownloader(settings)
-        self._generator = GeneratorClient(settings, self._downloader)
+        self._generator = make_generator(settings, self._downloader)
         self._uploader = CloudinaryUploader(settings)
 
     @property
     def deadline(self) -> float:
         """An upper bound on one job's work, past which something is wrong: every generator
-        attempt and wait, plus generous room for the download and the upload."""
+        attempt (each may first wait for the replica's throttle gate, at most one attempt's
+        timeout), every wait between attempts (a longer Retry-After wins, capped by one
+        attempt's timeout), plus generous room for the download and the upload."""
         s = self._settings
-        attempts = len(s.generator_retry_delays) + 1
-        return s.generator_timeout_seconds * attempts + sum(s.generator_retry_delays) + 600
+        timeout, delays = s.generator_timeout_seconds, s.generator_retry_delays
+        attempts = len(delays) + 1
+        return 2 * timeout * attempts + sum(max(d, timeout) for d in delays) + 600
 
     async def __call__(self, job: Job, progress: Progress) -> JobResult:
         width, height = validate_job(job, self._settings)
         started = time.monotonic()
-        generated = await self._generator.generate(job, width, height)
+        generated = await self._generator.generate(
+            job, width, height, GeneratorContext.of(progress)
+        )
         metrics.STAGE_DURATION.labels("generate").observe(time.monotonic() - started)
         await progress(60)
         if generated.cloudinary_link is not None:

@@ -8,10 +8,13 @@ False (or None) when the caller no longer holds it, and never writes in that cas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from worker.jobs import Job
+from loguru import logger
+
+from worker.jobs import Job, UnreadableRow
 
 
 class StoreError(Exception):
@@ -27,12 +30,47 @@ class StoreError(Exception):
 class ClaimedJob:
     job: Job
     lease_token: str
+    # Set when the row holds a value the worker cannot read (``UnreadableRow``): ``job`` then
+    # carries only the id and attempts, and the engine fails the job with this reason.
+    unreadable: str | None = None
+
+
+def claims_from_rows(rows: Iterable[dict[str, Any]]) -> list[ClaimedJob]:
+    """The claims in a claim's answer, one per row, every store's one way to read them.
+
+    A row with a value the worker cannot read is still a claim (its lease is ours): it comes
+    back with ``unreadable`` set, so that the engine fails that one job through the normal,
+    lease-guarded ``fail`` while the rest of the batch runs. Only a row without its id or lease
+    token (which the SQL always returns) cannot be failed; it is left to the rescuer.
+    """
+    claims = []
+    for row in rows:
+        try:
+            job_id, lease_token = str(row["id"]), str(row["lease_token"])
+        except (KeyError, TypeError) as exc:
+            logger.error("a claimed row has no {}; its lease will expire and be rescued", exc)
+            continue
+        try:
+            claims.append(ClaimedJob(Job.from_row(row), lease_token))
+        except Exception as exc:  # any value the worker cannot use: that job's fault, not ours
+            reason = str(exc) if isinstance(exc, UnreadableRow) else f"{type(exc).__name__}: {exc}"
+            attempts = row.get("attempts")
+            placeholder = Job(
+                id=job_id,
+                prompt="",
+                model=None,
+                aspect_ratio="1:1",
+                user_id=None,
+                attempts=attempts if type(attempts) is int else 0,
+            )
+            claims.append(ClaimedJob(placeholder, lease_token, unreadable=reason))
+    return claims
 
 
 @dataclass(frozen=True, slots=True)
 class RescuedJob:
     id: str
-    status: str  # "pending" (returned to the queue) or "failed" (out of attempts)
+    status: str  # "pending" (returned to the queue), "failed" (out of attempts), "cancelled"
     attempts: int
     worker_id: str | None
 
@@ -51,8 +89,10 @@ class JobStore(Protocol):
         claim: realtime, catchup, poll, sweep) is recorded on each."""
         ...
 
-    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool:
-        """Extend the lease (and set progress). False: the lease is lost, stop working."""
+    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool | None:
+        """Extend the lease (and set progress). True: held. False: the lease is lost, stop
+        working. None: held, but a cancel was requested (``cancel_job``): stop working and end
+        the job with ``mark_cancelled``."""
         ...
 
     async def complete_many(self, results: list[Completion]) -> dict[str, bool]:
@@ -64,11 +104,33 @@ class JobStore(Protocol):
         ...
 
     async def retry(self, claim: ClaimedJob, error_message: str, delay: float) -> str | None:
-        """Back to pending after ``delay`` (or failed when out of attempts); None: lease lost."""
+        """Back to pending after ``delay`` (or failed when out of attempts, or cancelled when a
+        cancel was requested): the new status. None: lease lost."""
         ...
 
     async def release(self, claim: ClaimedJob) -> bool:
-        """Back to pending at once, the attempt not counted (shutdown). False: lease lost."""
+        """Back to pending at once, the attempt not counted (shutdown); cancelled instead when
+        a cancel was requested. False: lease lost."""
+        ...
+
+    async def mark_cancelled(self, claim: ClaimedJob) -> bool:
+        """The work was stopped after a cancel request: the job ends ``cancelled``. False: the
+        lease was lost."""
+        ...
+
+    async def cancel_requested(self, job_ids: list[str]) -> list[str]:
+        """Which of these running jobs have a cancel request (one read for all of them)."""
+        ...
+
+    async def set_generation_ref(self, claim: ClaimedJob, ref: dict[str, Any] | None) -> bool:
+        """Record (None: forget) the provider's handle of the job's generation, kept through
+        release and rescue so that the next attempt resumes it. False: the lease is lost."""
+        ...
+
+    async def generation_ref_in_use(self, job_id: str, ref_id: str) -> bool:
+        """Whether the job will still run (pending, or running under any lease, not cancelled)
+        and still refers to the generation ``ref_id``: then another worker resumes it. Needs
+        no lease (asked after losing one)."""
         ...
 
     async def rescue(self, limit: int = 500) -> list[RescuedJob]:

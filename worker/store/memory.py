@@ -1,14 +1,18 @@
 """An in-memory ``JobStore``: the engine's unit tests run on it in milliseconds, with no server.
 
-It keeps the SQL functions' rules (``supabase/migrations``) in Python: claims take the oldest
-claimable pending jobs and count an attempt; every lease-guarded call checks the lease token and
+It keeps the SQL functions' rules (``supabase/migrations``) in Python: claims are fair (highest
+priority first, users take turns, oldest first within a user, users at ``max_running`` passed
+over: ``limits``) and count an attempt; every lease-guarded call checks the lease token and
 ``running``; a completion or failure already written by the same holder answers True again
 (idempotent for the holder); rescue returns expired leases to the queue or fails jobs out of
-attempts. The clock is ``time.monotonic`` unless a test gives another.
+attempts; ``request_cancel`` is ``cancel_job`` (a running job's heartbeat then answers None,
+and a retry, release or rescue ends it cancelled). The clock is ``time.monotonic`` unless a
+test gives another.
 
 Tests steer it like a misbehaving database: ``fail_next`` makes calls raise ``StoreError``,
 ``delay`` holds calls in flight, ``take_over`` hands a job's lease to another worker, ``calls``
-counts what was asked.
+counts what was asked; ``insert(..., extra={"created_at": "infinity"})`` gives a row a raw
+column value, as a backend writing the table directly could.
 """
 
 from __future__ import annotations
@@ -19,11 +23,20 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker.jobs import Job
-from worker.store.interface import ClaimedJob, Completion, RescuedJob, StoreError
+from worker.store.interface import (
+    ClaimedJob,
+    Completion,
+    RescuedJob,
+    StoreError,
+    claims_from_rows,
+)
+
+# The user of jobs without user_id, and the key of the default limits row.
+DEFAULT_USER = "00000000-0000-0000-0000-000000000000"
 
 
 @dataclass
@@ -45,6 +58,9 @@ class StoredJob:
     lease_token: str | None = None
     lease_expires_at: float | None = None
     claim_trigger: str | None = None
+    generation_ref: dict[str, Any] | None = None
+    priority: int = 0
+    cancel_requested_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +84,12 @@ class InMemoryStore:
         self._failures: dict[str, list[Exception]] = {}
         self._delays: dict[str, float] = {}
         self.opened = False
+        # ``image_worker_limits.max_running`` by user (DEFAULT_USER: the default row); the
+        # turns of the fair claim: when each (priority, user) queue was last served.
+        self.limits: dict[str, int | None] = {}
+        self._served: dict[tuple[int, str], int] = {}
+        self._served_now: list[tuple[int, str]] = []
+        self._turns = itertools.count()
 
     # --- steering, for tests
 
@@ -128,10 +150,7 @@ class InMemoryStore:
         await self._enter("claim")
         self.claim_limits.append(limit)
         now = self.clock()
-        ready = sorted(
-            (j for j in self.jobs.values() if j.status == "pending" and j.run_after <= now),
-            key=lambda j: j.created,
-        )[: max(limit, 0)]
+        ready = self._fair_pick(limit, now)
         claims = []
         for job in ready:
             job.status, job.progress = "running", 10
@@ -139,11 +158,67 @@ class InMemoryStore:
             job.worker_id, job.claim_trigger = self.worker_id, trigger
             job.lease_token = str(uuid.uuid4())
             job.lease_expires_at = now + self.lease_seconds
-            claims.append(ClaimedJob(_as_job(job), job.lease_token))
+            # Read the way PostgrestStore reads the SQL's rows; ``extra`` holds raw column
+            # values a test gives the row (``{"created_at": "infinity"}``: a row the worker
+            # cannot read).
+            row = {**asdict(_as_job(job)), **job.extra, "lease_token": job.lease_token}
+            claims.extend(claims_from_rows([row]))
         await self._answer("claim")
         return claims
 
-    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool:
+    def _fair_pick(self, limit: int, now: float) -> list[StoredJob]:
+        """The SQL claim's order: highest priority first; within a priority users take turns
+        (the queue served least recently first); within a user oldest first; a user at
+        max_running (``limits``) passed over."""
+        queues: dict[tuple[int, str], list[StoredJob]] = {}
+        ready = (j for j in self.jobs.values() if j.status == "pending" and j.run_after <= now)
+        for job in sorted(ready, key=lambda j: j.created):
+            queues.setdefault((job.priority, job.user_id or DEFAULT_USER), []).append(job)
+        order = sorted(queues, key=lambda k: (-k[0], self._served.get(k, float("-inf")), k[1]))
+        room: dict[str, float] = {}
+        for _, user in order:
+            limit_of = self.limits[user] if user in self.limits else self.limits.get(DEFAULT_USER)
+            running = sum(
+                1
+                for j in self.jobs.values()
+                if j.status == "running"
+                and (j.user_id or DEFAULT_USER) == user
+                and (j.lease_expires_at or 0.0) > now
+            )
+            room[user] = float("inf") if limit_of is None else limit_of - running
+        picked: list[StoredJob] = []
+        for level in sorted({k[0] for k in order}, reverse=True):
+            level_queues = [k for k in order if k[0] == level]
+            while len(picked) < limit:  # rounds: one job per queue of this priority each
+                took = False
+                for key in level_queues:
+                    if len(picked) >= limit:
+                        break
+                    if queues[key] and room[key[1]] > 0:
+                        picked.append(queues[key].pop(0))
+                        room[key[1]] -= 1
+                        took = True
+                        if key not in self._served_now:
+                            self._served_now.append(key)
+                if not took:
+                    break
+        for key in self._served_now:
+            self._served[key] = next(self._turns)
+        self._served_now.clear()
+        return picked
+
+    def request_cancel(self, job_id: str) -> str:
+        """``cancel_job``: pending → cancelled at once; running → the cancel is requested (the
+        holder's heartbeat answers None, ``cancel_requested`` lists it); else unchanged."""
+        job = self.jobs[job_id]
+        if job.status == "pending":
+            job.status, job.cancel_requested_at = "cancelled", self.clock()
+            job.generation_ref = None
+        elif job.status == "running" and job.cancel_requested_at is None:
+            job.cancel_requested_at = self.clock()
+        return job.status
+
+    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool | None:
         await self._enter("heartbeat")
         job = self._held(claim)
         if job is None:
@@ -151,7 +226,7 @@ class InMemoryStore:
         job.lease_expires_at = self.clock() + self.lease_seconds
         if progress is not None:
             job.progress = progress
-        return True
+        return None if job.cancel_requested_at is not None else True
 
     async def complete_many(self, results: list[Completion]) -> dict[str, bool]:
         await self._enter("complete")
@@ -162,6 +237,7 @@ class InMemoryStore:
                 job.status, job.progress = "complete", 100
                 job.image_url, job.thumbnail_url = image_url, thumbnail_url
                 job.error_message, job.lease_expires_at = None, None
+                job.generation_ref = None
             stored = self.jobs.get(claim.job.id)
             done[claim.job.id] = (
                 stored is not None
@@ -176,7 +252,7 @@ class InMemoryStore:
         job = self._held(claim)
         if job is not None:
             job.status, job.error_message = "failed", error_message[:1000]
-            job.lease_expires_at = None
+            job.lease_expires_at = job.generation_ref = None
         stored = self.jobs.get(claim.job.id)
         return bool(
             stored and stored.lease_token == claim.lease_token and stored.status == "failed"
@@ -187,6 +263,9 @@ class InMemoryStore:
         job = self._held(claim)
         if job is None:
             return None
+        if job.cancel_requested_at is not None:  # cancelled, never back to pending
+            job.status, job.generation_ref, job.lease_expires_at = "cancelled", None, None
+            return job.status
         out_of_attempts = job.attempts >= self.max_attempts
         job.status = "failed" if out_of_attempts else "pending"
         job.error_message = (
@@ -196,6 +275,8 @@ class InMemoryStore:
         )[:1000]
         job.run_after = self.clock() + delay
         job.lease_expires_at = None
+        if out_of_attempts:
+            job.generation_ref = None
         return job.status
 
     async def release(self, claim: ClaimedJob) -> bool:
@@ -203,11 +284,54 @@ class InMemoryStore:
         job = self._held(claim)
         if job is None:
             return False
-        job.status, job.progress = "pending", 0
         job.attempts = max(job.attempts - 1, 0)
         job.run_after = self.clock()
         job.lease_token = job.lease_expires_at = None
+        if job.cancel_requested_at is not None:  # cancelled, never back to pending
+            job.status, job.generation_ref = "cancelled", None
+        else:
+            job.status, job.progress = "pending", 0
         return True
+
+    async def mark_cancelled(self, claim: ClaimedJob) -> bool:
+        await self._enter("mark_cancelled")
+        job = self._held(claim)
+        if job is not None:
+            job.status, job.lease_expires_at, job.generation_ref = "cancelled", None, None
+            job.cancel_requested_at = job.cancel_requested_at or self.clock()
+        stored = self.jobs.get(claim.job.id)
+        return bool(
+            stored and stored.lease_token == claim.lease_token and stored.status == "cancelled"
+        )
+
+    async def cancel_requested(self, job_ids: list[str]) -> list[str]:
+        await self._enter("cancel_requested")
+        return [
+            job_id
+            for job_id in job_ids
+            if (job := self.jobs.get(job_id)) is not None
+            and job.status == "running"
+            and job.cancel_requested_at is not None
+        ]
+
+    async def set_generation_ref(self, claim: ClaimedJob, ref: dict[str, Any] | None) -> bool:
+        await self._enter("set_generation_ref")
+        job = self._held(claim)
+        if job is None:
+            return False
+        job.generation_ref = ref
+        return True
+
+    async def generation_ref_in_use(self, job_id: str, ref_id: str) -> bool:
+        await self._enter("generation_ref_in_use")
+        job = self.jobs.get(job_id)
+        return (
+            job is not None
+            and job.status in ("pending", "running")
+            and isinstance(job.generation_ref, dict)
+            and job.generation_ref.get("id") == ref_id
+            and job.cancel_requested_at is None
+        )
 
     async def rescue(self, limit: int = 500) -> list[RescuedJob]:
         await self._enter("rescue")
@@ -224,12 +348,15 @@ class InMemoryStore:
         )[:limit]
         rescued = []
         for job in expired:
-            if job.attempts >= self.max_attempts:
+            if job.cancel_requested_at is not None:
+                job.status, job.generation_ref = "cancelled", None
+            elif job.attempts >= self.max_attempts:
                 job.status = "failed"
                 job.error_message = (
                     f"failed after {job.attempts} attempts: the worker running it stopped "
                     f"responding each time (lease expired; last worker {job.worker_id})"
                 )
+                job.generation_ref = None
             else:
                 job.status, job.progress, job.lease_token = "pending", 0, None
             job.run_after, job.lease_expires_at = now, None
@@ -248,4 +375,5 @@ def _as_job(job: StoredJob) -> Job:
         aspect_ratio=job.aspect_ratio,
         user_id=job.user_id,
         attempts=job.attempts,
+        generation_ref=job.generation_ref,
     )

@@ -1,4 +1,4 @@
-"""The operators' database calls (``replay``, ``status``), on a connection of their own.
+"""The operators' database calls (``replay``, ``status``, ``cancel``), on a connection of their own.
 
 Which jobs replay may touch is decided in SQL, and decided again inside the UPDATE itself, so a
 job that completes between the listing and the change is left alone; ages are computed on the
@@ -13,7 +13,11 @@ from typing import Any
 
 from worker.settings import Settings
 from worker.store import functions
+from worker.store.interface import StoreError
 from worker.store.postgrest import CALL_TIMEOUT_SECONDS, PostgrestConnection
+
+# What cancel_job raises for another user's job or an unknown id (HTTP 404 through PostgREST).
+NO_SUCH_JOB_CODE = "PT404"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,7 @@ class ReplayCriteria:
     stuck_for: float | None = None
     failed: bool = False
     force: bool = False
+    cancelled: bool = False  # also cancelled jobs (`replay --cancelled`), named or not
 
     @property
     def named(self) -> bool:
@@ -63,7 +68,10 @@ class OperatorQueries:
         await self._db.close()
 
     async def replay_candidates(self, criteria: ReplayCriteria, limit: int) -> list[Candidate]:
-        rows = await self._db.rpc(
+        """The first ``limit`` jobs by creation that replay would consider, every one of them
+        even behind PostgREST's max-rows (paged, ``rpc_rows``), the oldest in their state
+        first."""
+        rows = await self._db.rpc_rows(
             "replay_candidates",
             functions.REPLAY_CANDIDATES,
             {
@@ -71,8 +79,13 @@ class OperatorQueries:
                 "p_stuck_seconds": criteria.stuck_for,
                 "p_failed": criteria.failed,
                 "p_limit": limit,
+                # Sent only when asked for, so a database without it (before the tenancy
+                # migration) still answers every other replay.
+                **({"p_cancelled": True} if criteria.cancelled else {}),
             },
+            limit=limit,
         )
+        rows.sort(key=lambda r: -(r.get("age_seconds") or 0.0))  # stable: id order for ties
         return [
             Candidate(
                 id=str(r["id"]),
@@ -101,6 +114,7 @@ class OperatorQueries:
                 "p_failed": criteria.failed,
                 "p_force": criteria.force,
                 "p_reason": reason,
+                **({"p_cancelled": True} if criteria.cancelled else {}),
             },
         )
         return [
@@ -116,3 +130,28 @@ class OperatorQueries:
 
     async def status(self, list_limit: int) -> dict[str, Any]:
         return await self._db.rpc("status", functions.STATUS, {"p_list_limit": list_limit})
+
+    async def dashboard(
+        self, list_limit: int, window_seconds: int, count_cap: int
+    ) -> dict[str, Any]:
+        """What ``image-worker dashboard`` shows, as one document (see the migration)."""
+        return await self._db.rpc(
+            "dashboard",
+            functions.DASHBOARD,
+            {
+                "p_list_limit": list_limit,
+                "p_window_seconds": window_seconds,
+                "p_count_cap": count_cap,
+            },
+        )
+
+    async def cancel(self, job_id: str) -> str | None:
+        """``cancel_job`` as the service role: the job's status after the call (``cancelled``;
+        ``running`` with its cancel requested; or its unchanged final status). None: no such
+        job."""
+        try:
+            return await self._db.rpc("cancel", functions.CANCEL_JOB, {"job_id": job_id})
+        except StoreError as exc:
+            if exc.detail.startswith(f"{NO_SUCH_JOB_CODE}:"):
+                return None
+            raise

@@ -19,12 +19,20 @@ from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from worker.http import pooled_client
-from worker.jobs import Job
 from worker.settings import JOBS_TABLE, Settings
 from worker.store import functions
-from worker.store.interface import ClaimedJob, Completion, RescuedJob, StoreError
+from worker.store.interface import (
+    ClaimedJob,
+    Completion,
+    RescuedJob,
+    StoreError,
+    claims_from_rows,
+)
 
 CALL_TIMEOUT_SECONDS = 10.0
+# Rows asked for per answer when paging through a function's result (rpc_rows): Supabase's
+# default "Max rows".
+PAGE_ROWS = 1000
 
 
 class PostgrestConnection:
@@ -70,6 +78,33 @@ class PostgrestConnection:
     async def rpc(self, operation: str, fn: str, params: dict[str, Any]) -> Any:
         return await self.execute(operation, self.client.rpc(fn, params))
 
+    async def rpc_rows(
+        self,
+        operation: str,
+        fn: str,
+        params: dict[str, Any],
+        *,
+        limit: int,
+        key: str = "id",
+        page: int = PAGE_ROWS,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows of a set-returning function, however many PostgREST returns
+        per answer. Its ``db-max-rows`` (Supabase's "Max rows", 1000 by default) cuts a
+        function's result like a table's, silently: the rows are asked for in pages ordered by
+        ``key`` (unique), each after the last ``key`` seen (keyset: a row that changes between
+        pages shifts nothing), until ``limit`` rows or an empty page. A cap below ``page`` only
+        costs more round trips. The rows come in ``key`` order."""
+        rows: list[dict[str, Any]] = []
+        while len(rows) < limit:
+            request = self.client.rpc(fn, params).order(key).limit(min(page, limit - len(rows)))
+            if rows:
+                request = request.gt(key, rows[-1][key])
+            batch = await self.execute(operation, request) or []
+            if not batch:
+                break
+            rows.extend(batch)
+        return rows[:limit]
+
     async def execute(self, operation: str, request: Any) -> Any:
         """Run a postgrest-py request under our deadline; failures become ``StoreError``."""
         try:
@@ -111,21 +146,20 @@ class PostgrestStore:
                 "p_trigger": trigger,
             },
         )
-        return [ClaimedJob(Job.from_row(row), str(row["lease_token"])) for row in rows or []]
+        return claims_from_rows(rows or [])
 
-    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool:
-        return bool(
-            await self._db.rpc(
-                "heartbeat",
-                functions.HEARTBEAT,
-                {
-                    "p_id": claim.job.id,
-                    "p_lease_token": claim.lease_token,
-                    "p_lease_seconds": self._settings.worker_lease_seconds,
-                    "p_progress": progress,
-                },
-            )
+    async def heartbeat(self, claim: ClaimedJob, progress: int | None = None) -> bool | None:
+        held = await self._db.rpc(
+            "heartbeat",
+            functions.HEARTBEAT,
+            {
+                "p_id": claim.job.id,
+                "p_lease_token": claim.lease_token,
+                "p_lease_seconds": self._settings.worker_lease_seconds,
+                "p_progress": progress,
+            },
         )
+        return None if held is None else bool(held)  # SQL NULL: held, cancel requested
 
     async def complete_many(self, results: list[Completion]) -> dict[str, bool]:
         rows = await self._db.rpc(
@@ -177,6 +211,40 @@ class PostgrestStore:
                 "release",
                 functions.RELEASE,
                 {"p_id": claim.job.id, "p_lease_token": claim.lease_token},
+            )
+        )
+
+    async def mark_cancelled(self, claim: ClaimedJob) -> bool:
+        return bool(
+            await self._db.rpc(
+                "mark_cancelled",
+                functions.MARK_CANCELLED,
+                {"p_id": claim.job.id, "p_lease_token": claim.lease_token},
+            )
+        )
+
+    async def cancel_requested(self, job_ids: list[str]) -> list[str]:
+        rows = await self._db.rpc(
+            "cancel_requested", functions.CANCEL_REQUESTED, {"p_ids": list(job_ids)}
+        )
+        # A setof uuid comes back as a JSON array of strings.
+        return [str(row) for row in rows or []]
+
+    async def set_generation_ref(self, claim: ClaimedJob, ref: dict[str, Any] | None) -> bool:
+        return bool(
+            await self._db.rpc(
+                "set_generation_ref",
+                functions.SET_GENERATION_REF,
+                {"p_id": claim.job.id, "p_lease_token": claim.lease_token, "p_ref": ref},
+            )
+        )
+
+    async def generation_ref_in_use(self, job_id: str, ref_id: str) -> bool:
+        return bool(
+            await self._db.rpc(
+                "generation_ref_in_use",
+                functions.GENERATION_REF_IN_USE,
+                {"p_id": job_id, "p_ref_id": ref_id},
             )
         )
 

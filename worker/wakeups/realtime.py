@@ -5,7 +5,10 @@ The realtime client (2.34.1) can fail silently in several ways (``docs/supabase-
 callback raises, a half-open socket goes unnoticed for ~47 s, and a channel can be closed for
 good by one server error. So:
 
-- events only ever call ``wake("realtime")``; the database claim decides what runs;
+- events only ever call ``wake("realtime")``; the database claim decides what runs; the one
+  exception is a cancel request (an UPDATE setting ``cancel_requested_at``), which is passed to
+  ``on_cancel(job_id)`` so the executor stops that job at once (it checks the job is its own;
+  the cancel watcher and lease renewals catch whatever this misses);
 - we count as *healthy* only after the "Subscribed to PostgreSQL" system message, and every
   transition to healthy triggers a catch-up claim (and another a few seconds later, because
   ``SUBSCRIBED`` can precede delivery), covering whatever was inserted while we were away;
@@ -32,6 +35,10 @@ from worker.observability import metrics
 from worker.settings import Settings
 
 Wake = Callable[[str], None]
+OnCancel = Callable[[str], None]
+# An UPDATE that sets cancel_requested_at (cancel_job on a running job). Realtime filters support
+# eq/neq/lt/lte/gt/gte/in, not "is not null": any timestamp is after this one.
+CANCEL_FILTER = "cancel_requested_at=gt.1970-01-01T00:00:00+00:00"
 
 
 class RealtimeState(StrEnum):
@@ -54,9 +61,10 @@ class RealtimeWakeups:
     SECOND_CATCHUP_AFTER = 3.0
     MAX_REBUILD_PAUSE = 30.0
 
-    def __init__(self, settings: Settings, wake: Wake) -> None:
+    def __init__(self, settings: Settings, wake: Wake, on_cancel: OnCancel | None = None) -> None:
         self._settings = settings
         self._wake = wake
+        self._on_cancel = on_cancel
         self._log = logger.bind(worker_id=settings.worker_id)
         self.state = RealtimeState.CONNECTING
         self.state_since = time.monotonic()
@@ -89,6 +97,15 @@ class RealtimeWakeups:
             self._wake("realtime")
         except Exception:
             self._log.exception("realtime change callback failed")
+
+    def _on_cancel_event(self, payload: dict) -> None:
+        try:
+            self.events += 1
+            record = (payload.get("data") or {}).get("record") or {}
+            if record.get("status") == "running" and record.get("id") and self._on_cancel:
+                self._on_cancel(str(record["id"]))
+        except Exception:
+            self._log.exception("realtime cancel callback failed")
 
     def _on_system(self, payload) -> None:
         try:
@@ -173,6 +190,14 @@ class RealtimeWakeups:
                 table="jobs",  # public.jobs: fixed since contract v2
                 filter="status=eq.pending",
                 callback=self._on_change,
+            )
+        if self._on_cancel is not None:
+            channel.on_postgres_changes(
+                "UPDATE",
+                schema="public",
+                table="jobs",
+                filter=CANCEL_FILTER,
+                callback=self._on_cancel_event,
             )
         channel.on_system(self._on_system)
         self._client, self._channel = client, channel

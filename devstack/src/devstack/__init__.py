@@ -1,4 +1,4 @@
-"""A local stand-in for Supabase (PostgREST + Realtime), Cloudinary and an image generator.
+"""A local stand-in for Supabase (PostgREST, Realtime, Auth), Cloudinary and image generators.
 
 Real PostgreSQL underneath, real wire protocols on top, fault switches for tests.
 """

@@ -5,8 +5,9 @@
         stack.faults ...     # via stack.rest / stack.realtime / stack.cloudinary / stack.generator
         stack.provider_env("replicate")  # GENERATOR_KIND/URL/TOKEN for a hosted-provider stand-in
 
-One aiohttp server plays the Supabase project (``/rest/v1``, ``/realtime/v1/websocket`` and the
-``/admin`` fault switches on one port, like the real gateway); Cloudinary and the generator are
+One aiohttp server plays the Supabase project (``/rest/v1``, ``/realtime/v1/websocket``,
+``/auth/v1`` (``stack.auth``; ``stack.create_user(email, password)`` seeds a user) and the
+``/admin`` fault switches on one port, like the real gateway, answering CORS as it does); Cloudinary and the generator are
 separate servers on their own ports, like the real remote services, and so are the hosted
 providers' stand-ins (``stack.replicate``, ``stack.openai``, ``stack.fal``: devstack.providers).
 """
@@ -20,7 +21,9 @@ from typing import Literal
 import asyncpg
 from aiohttp import web
 
+from devstack.auth import AuthServer, User
 from devstack.cloudinary import CloudinaryStandIn
+from devstack.cors import cors_middleware
 from devstack.generator import GeneratorStandIn
 from devstack.keys import Keys
 from devstack.postgres import EmbeddedPostgres, bootstrap, create_database, drop_database
@@ -104,6 +107,7 @@ class DevStack:
         stack.push_async_callback(self.pool.close)
 
         self.rest = RestApi(self.pool, self.keys)
+        self.auth = AuthServer(self.keys)
         stack.push_async_callback(self.rest.close)
         self.realtime = RealtimeServer(self.dsn, self.keys, delivery=self.delivery)
         await self.realtime.start()
@@ -122,8 +126,10 @@ class DevStack:
             await provider.start(self.host)
             stack.push_async_callback(provider.stop)
 
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[cors_middleware])
         app.add_routes(self.rest.routes())
+        app.add_routes(self.auth.routes())
+        app.add_routes(self.auth.admin_routes())
         app.add_routes(self.realtime.routes())
         app.add_routes(self.rest.admin_routes())
         app.add_routes(self.realtime.admin_routes())
@@ -148,6 +154,10 @@ class DevStack:
             "GENERATOR_TOKEN": self.generator.token,
             "ALLOW_INSECURE_DOWNLOADS": "true",
         }
+
+    def create_user(self, email: str, password: str, **kwargs: object) -> User:
+        """A confirmed email/password user of the Auth stand-in (``user.id`` is their uuid)."""
+        return self.auth.create_user(email, password, **kwargs)  # type: ignore[arg-type]
 
     def provider_env(self, kind: GeneratorKind) -> dict[str, str]:
         """``GENERATOR_KIND``, ``GENERATOR_URL`` and ``GENERATOR_TOKEN`` for one generator kind.

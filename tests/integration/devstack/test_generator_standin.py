@@ -172,8 +172,12 @@ async def test_modal_303_protocol(standin: GeneratorStandIn, http: httpx.AsyncCl
     assert second.status_code == 303 and second.headers["location"] == result_url
     done = await http.get(result_url)
     assert done.status_code == 200 and decode(done.content).format == "PNG"
-    gone = await http.get(result_url)
-    assert (gone.status_code, gone.text) == (404, "modal-http: invalid function call")
+    # "The result URL can be reloaded without triggering a new request" (Modal's docs).
+    again = await http.get(result_url)
+    assert again.status_code == 200 and again.content == done.content
+    unknown = await http.get(result_url.split("fc-")[0] + "fc-0123")
+    assert (unknown.status_code, unknown.text) == (404, "modal-http: invalid function call")
+    assert len(standin.calls_for(payload["job_id"], "POST")) == 1
 
 
 async def test_303_chain_followed_by_httpx(

@@ -239,6 +239,29 @@ async def test_rpc(make_client) -> None:
     assert read_only.data == 2
 
 
+async def test_max_rows_caps_table_reads_and_function_results(stack: DevStack, make_client) -> None:
+    """PostgREST's db-max-rows: the range is cut to [offset, offset + max_rows), for tables and
+    set-returning functions alike; scalar results and counts are untouched."""
+    db = await make_client()
+    await seed(db)
+    stack.rest.max_rows = 2
+    try:
+        page = await db.table("notes").select("title", count="exact").order("id").execute()
+        assert [r["title"] for r in page.data] == ["alpha", "beta"] and page.count == 4
+        later = await db.table("notes").select("title").order("id").offset(1).limit(9).execute()
+        assert [r["title"] for r in later.data] == ["beta", "gamma"]
+        assert (await db.rpc("countdown", {"n": 5}).execute()).data == [5, 4]
+        assert (await db.rpc("countdown", {"n": 5}).range(2, 3).execute()).data == [3, 2]
+        assert (await db.rpc("add_them", {"a": 2, "b": 3}).execute()).data == 5
+        headers = {"apikey": stack.keys.service_role_key, "Prefer": "count=exact"}
+        async with httpx.AsyncClient(base_url=stack.url, headers=headers) as http:
+            capped = await http.get("/rest/v1/notes", params={"select": "id"})
+            assert capped.status_code == 206 and capped.headers["content-range"] == "0-1/4"
+    finally:
+        stack.rest.max_rows = None
+    assert len((await db.table("notes").select("id").execute()).data) == 4
+
+
 async def test_error_shapes(make_client) -> None:
     db = await make_client()
     await seed(db)
@@ -286,6 +309,146 @@ async def test_error_shapes(make_client) -> None:
 
     not_single = await error_of(db.table("notes").select("*").single())
     assert (not_single.code, not_single.details) == ("PGRST116", "The result contains 4 rows")
+
+
+# PostgREST's SQLSTATE -> HTTP status mapping (mapSQLtoHTTP in src/PostgREST/Error.hs; the table
+# in its docs, "Errors"): (code, message, status as anon, status as a signed-in user).
+SQLSTATE_CASES = [
+    ("P0001", "a plain raise", 400, 400),
+    ("23514", "prompt must not be blank", 400, 400),
+    ("23502", "not null", 400, 400),
+    ("23503", "fk", 409, 409),
+    ("23505", "duplicate", 409, 409),
+    ("42501", "permission denied for table jobs", 401, 403),
+    ("25006", "read only", 405, 405),
+    ("21000", "more than one row returned by a subquery", 500, 500),
+    ("21000", "UPDATE requires a WHERE clause", 400, 400),
+    ("22023", 'role "nobody" does not exist', 401, 401),
+    ("22023", "invalid parameter", 400, 400),
+    ("42883", "function nope() does not exist", 404, 404),
+    ("42883", "function xmlagg(integer) does not exist", 406, 406),
+    ("42P01", "relation does not exist", 404, 404),
+    ("42P17", "infinite recursion", 500, 500),
+    ("08006", "connection failure", 503, 503),
+    ("09000", "triggered action", 500, 500),
+    ("0L000", "invalid grantor", 403, 403),
+    ("0P000", "invalid role", 403, 403),
+    ("28000", "invalid authorization", 403, 403),
+    ("2D000", "invalid transaction termination", 500, 500),
+    ("38000", "external routine", 500, 500),
+    ("39000", "external routine invocation", 500, 500),
+    ("3B000", "savepoint", 500, 500),
+    ("40001", "serialization failure", 500, 500),
+    ("53400", "configuration limit exceeded", 500, 500),
+    ("53300", "too many connections", 503, 503),
+    ("54000", "too complex", 500, 500),
+    ("55000", "object not in prerequisite state", 500, 500),
+    ("57014", "query canceled", 500, 500),
+    ("58000", "system error", 500, 500),
+    ("F0000", "config file", 500, 500),
+    ("HV000", "fdw", 500, 500),
+    ("P0002", "no data found", 500, 500),
+    ("XX000", "internal", 500, 500),
+    ("PT404", "no such job", 404, 404),
+    ("PT429", "max_queued reached", 429, 429),
+    ("PTX29", "not a number", 500, 500),
+    ("22P02", "invalid input syntax", 400, 400),
+]
+
+
+async def test_sqlstates_map_to_postgrests_statuses(stack: DevStack, make_client) -> None:
+    await make_client()
+    await stack.pool.execute(
+        """
+        create function raise_code(code text, msg text) returns integer
+        language plpgsql as $$
+        begin
+          raise exception using errcode = code, message = msg, detail = 'd', hint = 'h';
+        end
+        $$;
+        grant execute on function raise_code(text, text) to anon, authenticated;
+        """
+    )
+    async with httpx.AsyncClient(base_url=f"{stack.url}/rest/v1") as http:
+        for code, message, as_anon, as_user in SQLSTATE_CASES:
+            for token, expected in ((None, as_anon), (stack.keys.user_token(ALICE), as_user)):
+                headers = {"apikey": stack.keys.anon_key}
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
+                answer = await http.post(
+                    "/rpc/raise_code", json={"code": code, "msg": message}, headers=headers
+                )
+                assert answer.status_code == expected, (code, message, token is not None)
+                assert answer.json() == {
+                    "code": code, "details": "d", "hint": "h", "message": message
+                }  # fmt: skip
+                assert answer.headers["Proxy-Status"] == f"PostgREST; error={code}"
+                assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+                if expected == 401:
+                    assert answer.headers["WWW-Authenticate"] == "Bearer"
+                if code in ("PT404", "PT429"):
+                    assert answer.reason_phrase == message  # PostgREST's status text
+        # The same through supabase-py: APIError carries the body.
+        db = await make_client(stack.keys.anon_key, token=stack.keys.user_token(ALICE))
+        with pytest.raises(APIError) as caught:
+            await db.rpc("raise_code", {"code": "PT429", "msg": "slow down"}).execute()
+        assert (caught.value.code, caught.value.message, caught.value.details) == (
+            "PT429", "slow down", "d"
+        )  # fmt: skip
+
+
+async def test_raise_sqlstate_pgrst_takes_over_the_response(stack: DevStack, make_client) -> None:
+    await make_client()
+    await stack.pool.execute(
+        """
+        create function payment_required(msg text, det text) returns integer
+        language plpgsql as $$
+        begin
+          raise sqlstate 'PGRST' using message = msg, detail = det;
+        end
+        $$;
+        create function payment_required_no_detail() returns integer
+        language plpgsql as $$
+        begin
+          raise sqlstate 'PGRST' using message = '{"code": "123", "message": "x"}';
+        end
+        $$;
+        grant execute on function payment_required(text, text) to anon;
+        grant execute on function payment_required_no_detail() to anon;
+        """
+    )
+    headers = {"apikey": stack.keys.anon_key}
+    async with httpx.AsyncClient(base_url=f"{stack.url}/rest/v1") as http:
+        answer = await http.post(
+            "/rpc/payment_required",
+            json={
+                "msg": '{"code": "123", "message": "Payment Required", "details": "Quota '
+                'exceeded", "hint": "Upgrade your plan"}',
+                "det": '{"status": 402, "status_text": "Pay Up", "headers": {"X-Powered-By": '
+                '"Nerd Rage"}}',
+            },
+            headers=headers,
+        )
+        assert (answer.status_code, answer.reason_phrase) == (402, "Pay Up")
+        assert answer.headers["X-Powered-By"] == "Nerd Rage"
+        assert answer.json() == {
+            "code": "123", "details": "Quota exceeded", "hint": "Upgrade your plan",
+            "message": "Payment Required",
+        }  # fmt: skip
+        bad = await http.post(
+            "/rpc/payment_required", json={"msg": "not json", "det": "{}"}, headers=headers
+        )
+        assert bad.status_code == 500
+        assert bad.json() == {
+            "code": "PGRST121",
+            "details": "Invalid JSON value for MESSAGE: 'not json'",
+            "hint": "MESSAGE must be a JSON object with obligatory keys: 'code', 'message' "
+            "and optional keys: 'details', 'hint'.",
+            "message": "Could not parse JSON in the \"RAISE SQLSTATE 'PGRST'\" error",
+        }
+        missing = await http.post("/rpc/payment_required_no_detail", json={}, headers=headers)
+        assert missing.status_code == 500
+        assert missing.json()["details"] == "DETAIL is missing in the RAISE statement"
 
 
 async def test_tables_created_later_are_found(stack: DevStack, make_client) -> None:

@@ -38,7 +38,7 @@ from tenacity import (
 )
 
 from worker.errors import JobFailed, TransientError
-from worker.http import pooled_client, really_timed_out
+from worker.http import load_json, pooled_client, really_timed_out
 from worker.jobs import Job
 from worker.observability import metrics
 from worker.observability.redact import redact
@@ -86,7 +86,8 @@ class CloudinaryUploader:
         cloudinary_url = settings.cloudinary_url.get_secret_value()
         self._account = CloudinaryAccount.from_url(cloudinary_url)
         # Cloudinary's error messages are quoted in job rows and logs: never with the secret.
-        redact.add([cloudinary_url, self._account.api_secret])
+        account = self._account
+        redact.add([cloudinary_url, account.api_secret, f"{account.api_key}:{account.api_secret}"])
         self._folder = settings.cloudinary_folder.strip("/")
         self._thumbnail_size = settings.thumbnail_size
         self._max_image_bytes = settings.max_image_bytes
@@ -238,7 +239,7 @@ class CloudinaryUploader:
         status = response.status_code
         metrics.CLOUDINARY_ATTEMPTS.labels(f"{status // 100}xx").inc()
         try:
-            body = response.json()
+            body = load_json(response.content)
         except ValueError:
             body = None
         error = body.get("error") if isinstance(body, dict) else None

@@ -36,7 +36,7 @@ CATCHUP_WINDOW = timedelta(seconds=3.5)
 # -- what the demo knows about each job -------------------------------------------------------
 
 _GEN_TOKEN = re.compile(r"\s*\[gen:[^\]]*\]")
-TERMINAL = ("complete", "failed")
+TERMINAL = ("complete", "failed", "cancelled")
 
 
 @dataclass
@@ -57,6 +57,7 @@ class TrackedJob:
     created_at: datetime | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
     generator_calls: int = 0
     requeued_at: datetime | None = None  # set back to pending (replay) while we watched
     thumbnail: str | None = None  # a data: URI, for the report
@@ -83,6 +84,12 @@ class TrackedJob:
         """Why this job did not end as designed, or None."""
         sample = self.sample
         if sample is None:
+            return None
+        if sample.cancel_after is not None:
+            if self.status != "cancelled":
+                return f"is {self.status}, expected cancelled ({sample.note})"
+            if self.image_url or self.thumbnail_url:
+                return "is cancelled but has an image: something was uploaded"
             return None
         if sample.expect_error is not None:
             if self.status != "failed":
@@ -114,12 +121,16 @@ def fmt_seconds(value: float | None) -> str:
 
 JOB_COLUMNS = (
     "id, prompt, model, aspect_ratio, status, progress, claim_trigger, attempts, error_message, "
-    "image_url, thumbnail_url, created_at, updated_at, started_at, completed_at, replayed_at"
+    "image_url, thumbnail_url, created_at, updated_at, started_at, completed_at, replayed_at, "
+    "cancel_requested_at"
 )
 
 # -- watching: jobs and Realtime, narrated ------------------------------------------------------
 
-STATE_STYLE = {"pending": "dim", "running": "yellow", "complete": "green", "failed": "red"}
+STATE_STYLE = {
+    "pending": "dim", "running": "yellow", "complete": "green", "failed": "red",
+    "cancelled": "magenta",
+}  # fmt: skip
 
 
 class Monitor:
@@ -208,6 +219,7 @@ class Monitor:
         job.model = row["model"]
         job.created_at, job.started_at = row["created_at"], row["started_at"]
         job.completed_at = row["completed_at"]
+        job.cancel_requested_at = row["cancel_requested_at"]
         lines = []
         if "pending" not in job.announced:
             job.announced.add("pending")
@@ -233,6 +245,12 @@ class Monitor:
     def _outcome(job: TrackedJob) -> str:
         if job.status == "failed":
             return f"[red]failed[/]: {escape(job.error or 'no message')}"
+        if job.status == "cancelled":
+            stopped = seconds_between(job.cancel_requested_at, job.completed_at)
+            return (
+                f"[magenta]cancelled[/] after {fmt_seconds(job.duration)} of work: the worker "
+                f"stopped it {fmt_seconds(stopped)} after the request, nothing uploaded"
+            )
         text = f"[green]complete[/] in {fmt_seconds(job.duration)}"
         if job.generator_calls > 1:
             text += f" [dim](after {job.generator_calls} generator calls)[/]"

@@ -82,6 +82,7 @@ def pickup_by_trigger(jobs: list[TrackedJob]) -> list[str]:
 def write_report(path: Path, jobs: list[TrackedJob], monitor: Monitor, log_path: Path) -> None:
     complete = sum(job.status == "complete" for job in jobs)
     failed = sum(job.status == "failed" for job in jobs)
+    cancelled = sum(job.status == "cancelled" for job in jobs)
     facts = pickup_by_trigger(jobs)
     if monitor.dropped_at and monitor.recovered_at:
         down = (monitor.recovered_at - monitor.dropped_at).total_seconds()
@@ -98,6 +99,7 @@ def write_report(path: Path, jobs: list[TrackedJob], monitor: Monitor, log_path:
         total=len(jobs),
         complete=complete,
         failed=failed,
+        cancelled=cancelled,
         stats=stats,
         timeline=timeline_svg(jobs, monitor),
         cards=cards,
@@ -116,7 +118,8 @@ def _card(job: TrackedJob) -> str:
     if job.thumbnail:
         picture = f'<img src="{job.thumbnail}" alt="{esc(job.prompt)}" width="256" height="256">'
     else:
-        reason = job.error or "no thumbnail"
+        cancelled = job.status == "cancelled"
+        reason = job.error or ("cancelled by its user" if cancelled else "no thumbnail")
         picture = f'<div class="noimg {esc(job.status)}">{esc(reason)}</div>'
     link = (
         f'<a href="{esc(job.image_url)}">image</a> <small>(served by the local stand-in while '
@@ -149,12 +152,16 @@ def _card(job: TrackedJob) -> str:
 # Timeline geometry, in SVG user units.
 _LABEL_W, _PLOT_W, _TRIGGER_W = 230, 640, 80
 _ROW_H, _TOP, _BOTTOM = 22, 34, 30
-_COLOURS = {"pending": "#c9ced6", "running": "#f0a500", "complete": "#2e9e4f", "failed": "#d23c3c"}
+_COLOURS = {
+    "pending": "#c9ced6", "running": "#f0a500", "complete": "#2e9e4f", "failed": "#d23c3c",
+    "cancelled": "#8e44ad",
+}  # fmt: skip
 
 
 def timeline_svg(jobs: list[TrackedJob], monitor: Monitor) -> str:
     """One row per job on a shared time axis: pending (grey) → running (amber) → a dot for
-    complete (green) or failed (red); the Realtime outage shaded across all rows."""
+    complete (green), failed (red) or cancelled (purple); the Realtime outage shaded across all
+    rows."""
     esc = html.escape
     origin = monitor.t0
     moments = [t for job in jobs for t in (job.created_at, job.started_at, job.completed_at) if t]

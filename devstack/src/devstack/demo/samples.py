@@ -1,5 +1,6 @@
 """The demo's sample jobs: varied prompts and aspect ratios, every generator answer the worker
-understands, one cold-start endpoint and one bad input; each says what it demonstrates."""
+understands, one job per hosted generator kind (Replicate, OpenAI, fal), one cold-start endpoint,
+one bad input and one job its user cancels midway; each says what it demonstrates."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class SampleJob:
     answer: str
     note: str  # what this job demonstrates, for people
     expect_error: str | None = None  # the start of the error_message a designed failure gets
+    # Inserted by a signed-in user through the REST API, who cancels it (cancel_job) once it has
+    # been running this many seconds: it must end cancelled, with nothing uploaded.
+    cancel_after: float | None = None
 
     @property
     def stored_prompt(self) -> str:
@@ -44,11 +48,33 @@ BAD_INPUT = SampleJob(
 )  # fmt: skip
 
 
+CANCELLED = SampleJob(
+    "a hot air balloon over patchwork fields", "3:2", "flux-dev", "slow:8",
+    "cancelled midway by its user (cancel_job)", cancel_after=1.0,
+)  # fmt: skip
+
+
+# One job per hosted generator kind, each through its stand-in; the demo's worker picks the kind
+# by the model (devstack/demo/kinds.py). The answer tokens are the provider stand-ins' faults.
+HOSTED = (
+    SampleJob("a paper boat on a rain puddle", "16:9", "black-forest-labs/flux-schnell", "run:1.5", "Replicate prediction (GENERATOR_KIND=replicate)"),
+    SampleJob("a glass terrarium with tiny mushrooms", "1:1", "gpt-image-1", "run:1", "OpenAI Images API (GENERATOR_KIND=openai)"),
+    SampleJob("a lantern-lit night market in the rain", "9:16", "fal-ai/flux/schnell", "run:1.5", "fal queue request (GENERATOR_KIND=fal)"),
+)  # fmt: skip
+
+
 def sample_jobs(count: int) -> list[SampleJob]:
-    """``count`` (≥ 2) jobs: the varied ones (cycled), the cold start second, the bad input two
-    thirds of the way, so that it arrives after the Realtime drop."""
-    jobs = [_varied(i) for i in range(count - 2)]
+    """``count`` (≥ 2) jobs: the varied ones (cycled), the cold start second, from 3 jobs on
+    the one cancelled midway third (while Realtime is up), the bad input two thirds of the way,
+    so that it arrives after the Realtime drop."""
+    cancelled = [CANCELLED] if count >= 3 else []
+    hosted = list(HOSTED) if count >= 6 else []  # from 6 jobs on: one per hosted kind
+    jobs = [_varied(i) for i in range(count - 2 - len(cancelled) - len(hosted))]
     jobs.insert(min(1, len(jobs)), COLD_START)
+    if cancelled:
+        jobs.insert(min(2, len(jobs)), CANCELLED)
+    for n, sample in enumerate(hosted):
+        jobs.insert(min(3 + 2 * n, len(jobs)), sample)
     jobs.insert(max(1, 2 * count // 3), BAD_INPUT)
     return jobs
 

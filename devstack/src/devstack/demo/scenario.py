@@ -1,5 +1,7 @@
 """The demo's run: a devstack and a real ``Worker`` in this process, the sample jobs inserted the
-way an app would, the Realtime socket cut halfway, then the verdict, the summary and the report.
+way an app would, the Realtime socket cut halfway, one job cancelled midway by the signed-in user
+who inserted it (through the REST API, with their own JWT), then the verdict, the summary and the
+report.
 
     run(DemoOptions(jobs=12, report=Path("demo-report/index.html")))  # returns the exit code
 """
@@ -13,19 +15,24 @@ import os
 import signal
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from loguru import logger
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
+from devstack.demo.dashboard import demo_dashboard
+from devstack.demo.kinds import EveryKind
 from devstack.demo.monitor import TERMINAL, Monitor, TrackedJob, now
 from devstack.demo.report import fetch_thumbnails, pickup_by_trigger, summary_table, write_report
-from devstack.demo.samples import sample_jobs
+from devstack.demo.samples import SampleJob, sample_jobs
 from devstack.stack import DevStack
 from worker.engine.app import Worker
 from worker.errors import ExitCode
@@ -157,7 +164,8 @@ class Demo:
         return self.exit_code
 
     async def _with_worker(self, stack: DevStack, settings: Settings) -> None:
-        worker = Worker(settings)
+        step = EveryKind(stack, settings)  # the pipeline of each GENERATOR_KIND (demo/kinds.py)
+        worker = Worker(settings, step, job_deadline=step.deadline)
         t0 = now()
         worker_task = asyncio.create_task(worker.run(), name="demo-worker")
         monitor = Monitor(self.console, stack, worker.status, t0, POLL_INTERVAL)
@@ -170,9 +178,11 @@ class Demo:
             self.exit_code = await self._conclude(monitor, worker_task)
             if self.options.keep_running:
                 self.finished = True
-                await self._keep_running(stack, monitor, worker_task)
+                async with demo_dashboard(settings) as dashboard:
+                    await self._keep_running(stack, monitor, worker_task, dashboard)
         finally:
             await self._stop_worker(worker, worker_task)
+            await step.aclose()
 
     async def _stop_worker(self, worker: Worker, task: asyncio.Task[int]) -> None:
         worker.stop()  # in-flight jobs get WORKER_SHUTDOWN_GRACE_SECONDS, then are released
@@ -225,22 +235,49 @@ class Demo:
         # About 8 s of inserts whatever the count, so the drop has jobs on both sides of it.
         gap = max(0.05, min(0.7, 8.0 / len(samples)))
         drop_after = math.ceil(len(samples) / 2)
-        for number, sample in enumerate(samples, 1):
-            if number == drop_after + 1:
-                await self._drop_realtime(stack, monitor)
-            row = await stack.pool.fetchrow(
-                "insert into public.jobs (prompt, model, aspect_ratio) values ($1, $2, $3) "
-                "returning id, created_at",
-                sample.stored_prompt,
-                sample.model,
-                sample.aspect_ratio,
-            )
-            job = TrackedJob(
-                number, str(row["id"]), sample.prompt, sample.aspect_ratio, sample,
-                model=sample.model, created_at=row["created_at"],
-            )  # fmt: skip
-            monitor.track(job)
-            await asyncio.sleep(gap)
+        cancels: list[asyncio.Task[None]] = []
+        try:
+            for number, sample in enumerate(samples, 1):
+                if number == drop_after + 1:
+                    await self._drop_realtime(stack, monitor)
+                if sample.cancel_after is not None:
+                    user = AppUser(stack)
+                    job_id, created_at = await user.insert(sample)
+                else:
+                    row = await stack.pool.fetchrow(
+                        "insert into public.jobs (prompt, model, aspect_ratio) values ($1, $2, $3) "
+                        "returning id, created_at",
+                        sample.stored_prompt,
+                        sample.model,
+                        sample.aspect_ratio,
+                    )
+                    job_id, created_at = str(row["id"]), row["created_at"]
+                job = TrackedJob(
+                    number, job_id, sample.prompt, sample.aspect_ratio, sample,
+                    model=sample.model, created_at=created_at,
+                )  # fmt: skip
+                monitor.track(job)
+                if sample.cancel_after is not None:
+                    cancels.append(asyncio.create_task(self._cancel_midway(user, job, monitor)))
+                await asyncio.sleep(gap)
+            await asyncio.gather(*cancels)
+        finally:
+            for task in cancels:
+                task.cancel()
+
+    async def _cancel_midway(self, user: AppUser, job: TrackedJob, monitor: Monitor) -> None:
+        """The user changes their mind once the job has been generating a while."""
+        assert job.sample is not None and job.sample.cancel_after is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while job.status != "running":  # noqa: ASYNC110 - the monitor updates it
+                    await asyncio.sleep(0.05)
+        await asyncio.sleep(job.sample.cancel_after)
+        status = await user.cancel(job.id)
+        monitor.say(
+            f"{escape(job.label)} [magenta]cancel requested[/] by its user "
+            f"(rpc cancel_job with their JWT; the job was {status})"
+        )
 
     async def _drop_realtime(self, stack: DevStack, monitor: Monitor) -> None:
         # Dropping a socket that is not subscribed yet would show nothing.
@@ -276,14 +313,22 @@ class Demo:
                 self.console.print(f"[bold red]NOT AS EXPECTED:[/] {escape(problem)}")
             return ExitCode.FAILURE
         failed = sum(job.status == "failed" for job in jobs)
-        self.console.print(
+        cancelled = sum(job.status == "cancelled" for job in jobs)
+        verdict = (
             f"[bold green]all {len(jobs)} jobs ended as expected[/]: "
-            f"{len(jobs) - failed} complete, {failed} failed on purpose (bad input)"
+            f"{len(jobs) - failed - cancelled} complete, {failed} failed on purpose (bad input)"
         )
+        if cancelled:
+            verdict += f", {cancelled} cancelled midway by its user"
+        self.console.print(verdict)
         return ExitCode.OK
 
     async def _keep_running(
-        self, stack: DevStack, monitor: Monitor, worker_task: asyncio.Task
+        self,
+        stack: DevStack,
+        monitor: Monitor,
+        worker_task: asyncio.Task,
+        dashboard: list[str] | None = None,
     ) -> None:
         key = stack.keys.service_role_key
         commands = (
@@ -302,6 +347,10 @@ class Demo:
         for command in commands:
             # Not markup: "[gen:slow:3]" would vanish as an unknown tag.
             self.console.print(f"  {command}", markup=False, soft_wrap=True)
+        # The operators' page (`image-worker dashboard`), served beside the worker.
+        self.console.print()
+        for line in dashboard or ():
+            self.console.print(line, markup=False, soft_wrap=True)
         self.console.print("\nJob and Realtime changes are printed below. Ctrl-C to stop.\n")
         stop = asyncio.create_task(self.stop_requested.wait())
         try:
@@ -314,3 +363,36 @@ class Demo:
                 await asyncio.wait([stop], timeout=0.25)
         finally:
             stop.cancel()
+
+
+class AppUser:
+    """A signed-in user of the app: the anon key and their own JWT, as supabase-js sends them."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self.id = uuid.uuid4()
+        token = stack.keys.user_token(self.id)
+        self._base = f"{stack.url}/rest/v1"
+        self._headers = {"apikey": stack.keys.anon_key, "Authorization": f"Bearer {token}"}
+
+    async def insert(self, sample: SampleJob) -> tuple[str, datetime]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(
+                f"{self._base}/jobs",
+                json={
+                    "prompt": sample.stored_prompt,
+                    "model": sample.model,
+                    "aspect_ratio": sample.aspect_ratio,
+                },
+                headers={**self._headers, "Prefer": "return=representation"},
+            )
+        answer.raise_for_status()
+        row = answer.json()[0]
+        return row["id"], datetime.fromisoformat(row["created_at"])
+
+    async def cancel(self, job_id: str) -> str:
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(
+                f"{self._base}/rpc/cancel_job", json={"job_id": job_id}, headers=self._headers
+            )
+        answer.raise_for_status()
+        return answer.json()

@@ -25,7 +25,7 @@ Images (seeded by the prompt: blurry colour fields, ~15 KB per megapixel as PNG)
 | ``image_url[:ASSET]`` | 200 JSON ``{"image_url": "<stand-in>/images/<id>.png"}``, serving ASSET |
 | ``url[:ASSET]`` | the same with the key ``url`` |
 | ``cloudinary_link[:URL]`` | 200 JSON ``{"cloudinary_link": URL}`` (default a res.cloudinary.com URL) |
-| ``redirect303[:N[:S]]`` | Modal's long-request protocol: POST → 303 to ``/generate?__modal_function_call_id=fc-…``; each GET there waits S s (default 0) and answers 303 again, N times in all (default 2), then 200 PNG. A POST to the result URL → 400 ``modal-http: bad redirect method`` |
+| ``redirect303[:N[:S]]`` | Modal's long-request protocol: POST → 303 to ``/generate?__modal_function_call_id=fc-…``; each GET there waits S s (default 0) and answers 303 again, N times in all (default 2), then 200 PNG, and the same PNG at once to any later GET (the result URL "can be reloaded"). An unknown call id → 404 ``modal-http: invalid function call``; a POST to the result URL → 400 ``modal-http: bad redirect method`` |
 
 Failures:
 

@@ -61,6 +61,7 @@ class FunctionCall:
     height: int
     redirects_left: int
     leg_seconds: float
+    done: bool = False  # the result was produced: the result URL answers it again at once
 
 
 class Answers:

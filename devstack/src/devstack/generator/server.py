@@ -205,18 +205,24 @@ class GeneratorStandIn(Answers):
             return text_response(400, str(exc))
 
     async def _get_result(self, request: web.Request) -> web.StreamResponse:
-        """The result URL of a Modal-style long request: 303 to itself until done, then PNG."""
+        """The result URL of a Modal-style long request: 303 to itself until done, then PNG.
+
+        Once done it stays done: "The result URL can be reloaded without triggering a new
+        request" (modal.com/docs/guide/webhook-timeouts), so a GET after the result was
+        delivered (a client that died before using it) gets it again, at once. An unknown id
+        is Modal's 404 ``invalid function call``."""
         call_id = request.query.get("__modal_function_call_id", "")
         call = self._function_calls.get(call_id)
         self._record(request, call.job_id if call else "-", None, "redirect303", True)
         if call is None:
             return text_response(404, "modal-http: invalid function call")
-        if call.leg_seconds and not await self._wait(request, call.leg_seconds):
-            return text_response(503, "stand-in stopping")
-        if call.redirects_left > 0:
-            call.redirects_left -= 1
-            return see_other_response(f"{self.url}?__modal_function_call_id={call_id}")
-        del self._function_calls[call_id]
+        if not call.done:
+            if call.leg_seconds and not await self._wait(request, call.leg_seconds):
+                return text_response(503, "stand-in stopping")
+            if call.redirects_left > 0:
+                call.redirects_left -= 1
+                return see_other_response(f"{self.url}?__modal_function_call_id={call_id}")
+            call.done = True
         return image_response(await render(call.seed, call.width, call.height), "png")
 
     async def _get_asset(self, request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ injected and default faults (:mod:`devstack.providers.faults`) and the admin rou
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +43,9 @@ def retry_after_headers(seconds: float, style: str) -> dict[str, str]:
     if style == "body":
         return {}
     if style == "date":
-        return {"Retry-After": formatdate(time.time() + seconds, usegmt=True)}
+        # Whole seconds, rounded up: a date that names the moment the limit resets, never one
+        # that is up to a second early (the wait then rounds to as little as nothing).
+        return {"Retry-After": formatdate(math.ceil(time.time() + seconds), usegmt=True)}
     return {"Retry-After": str(max(0, round(seconds)))}
 
 

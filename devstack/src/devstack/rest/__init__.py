@@ -7,7 +7,8 @@ like ilike match imatch in is isdistinct cs cd ov sl sr nxl nxr adj fts plfts ph
 ``not.`` prefix, ``(any)``/``(all)`` modifiers, ``or=``/``and=`` trees, JSON paths (``col->a->>b``),
 ``select`` (columns, ``alias:col``, ``col::type``), ``order``, ``limit``, ``offset``, ``columns``,
 ``on_conflict``, ``Prefer`` (``return``, ``count``, ``resolution``, ``handling=strict`` with
-``max-affected``), the single-object ``Accept`` header; ``POST/GET/HEAD /rest/v1/rpc/<fn>``.
+``max-affected``), the single-object ``Accept`` header; ``POST/GET/HEAD /rest/v1/rpc/<fn>``;
+``db-max-rows`` (``RestApi.max_rows``, off by default as in PostgREST; hosted Supabase: 1000).
 Not supported: resource embedding (rejected with PGRST200), ``missing=default``, ``PUT``, CSV,
 ``explain``, aggregates, the ``request.headers``/``request.method`` settings.
 

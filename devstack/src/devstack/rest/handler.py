@@ -53,6 +53,10 @@ class RestApi(FaultSwitches):
         self.keys = keys
         self.catalog = Catalog(pool, schemas)
         self.request_count = 0
+        # PostgREST's db-max-rows (Supabase: Settings > API > "Max rows", 1000 on hosted
+        # projects): a hard limit on the rows one read returns, from a table, a view or a
+        # function. None (PostgREST's default): no limit. See statements._read_plan.
+        self.max_rows: int | None = None
         # Client (address, port) pairs seen: how many connections clients opened.
         self.peers: set[tuple[str, int]] = set()
         self._auth_cache: dict[tuple[str, str], _Auth] = {}
@@ -139,10 +143,14 @@ class RestApi(FaultSwitches):
     # -- request handling --------------------------------------------------------------------
 
     async def _handle_table(self, request: web.Request) -> web.Response:
-        return await self._handle(request, functools.partial(compile_table, self.catalog))
+        return await self._handle(
+            request, functools.partial(compile_table, self.catalog, max_rows=self.max_rows)
+        )
 
     async def _handle_rpc(self, request: web.Request) -> web.Response:
-        return await self._handle(request, functools.partial(compile_rpc, self.catalog))
+        return await self._handle(
+            request, functools.partial(compile_rpc, self.catalog, max_rows=self.max_rows)
+        )
 
     async def _handle(
         self,

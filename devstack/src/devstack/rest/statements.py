@@ -89,13 +89,15 @@ def _schema(catalog: Catalog, request: web.Request, header: str) -> str:
     return schema
 
 
-def compile_table(catalog: Catalog, request: web.Request, body: bytes) -> Plan:
+def compile_table(
+    catalog: Catalog, request: web.Request, body: bytes, *, max_rows: int | None = None
+) -> Plan:
     method = request.method
     reading = method in ("GET", "HEAD")
     schema = _schema(catalog, request, "Accept-Profile" if reading else "Content-Profile")
     rel = catalog.table(schema, request.match_info["table"])
     if reading:
-        return _read_plan(request, rel)
+        return _read_plan(request, rel, max_rows=max_rows)
     if method == "POST":
         return _insert_plan(request, rel, body)
     if method == "PATCH":
@@ -113,8 +115,16 @@ def _read_plan(
     prelude: str = "",
     skip: frozenset[str] = frozenset(),
     value_of: str = "pgrst_x",
+    max_rows: int | None = None,
 ) -> Plan:
-    """A select over a table, or over ``pgrst_source`` (a function's result, see prelude)."""
+    """A select over a table, or over ``pgrst_source`` (a function's result, see prelude).
+
+    ``max_rows`` is PostgREST's ``db-max-rows`` ("A hard limit to the number of rows PostgREST
+    will fetch from a view, table, or function", docs.postgrest.org, references/configuration):
+    PostgREST cuts the requested range to ``[offset, offset + max_rows)`` (``restrictRange`` in
+    src/PostgREST/RangeQuery.hs), a LIMIT on the outer query, whatever the function itself
+    does; ``count`` still counts every row, and the answer is then 206 with its Content-Range.
+    """
     sql = sql or SqlParams()
     prefer = parse_prefer(request)
     single = single_object(request)
@@ -122,6 +132,8 @@ def _read_plan(
     where = where_clause(sql, source, request.query.items(), skip)
     columns = select_list(source, request.query.get("select"))
     limit, offset = int_param(request, "limit"), int_param(request, "offset") or 0
+    if max_rows is not None:
+        limit = max_rows if limit is None else min(limit, max_rows)
     page = order_by(source, request.query.get("order"))
     if limit is not None:
         page += f" limit {sql.param(limit)}::bigint"
@@ -274,7 +286,9 @@ def _delete_plan(request: web.Request, rel: Relation) -> Plan:
 # -- rpc ---------------------------------------------------------------------------------
 
 
-def compile_rpc(catalog: Catalog, request: web.Request, body: bytes) -> Plan:
+def compile_rpc(
+    catalog: Catalog, request: web.Request, body: bytes, *, max_rows: int | None = None
+) -> Plan:
     method = request.method
     reading = method in ("GET", "HEAD")
     if method not in ("GET", "HEAD", "POST"):
@@ -339,6 +353,7 @@ def compile_rpc(catalog: Catalog, request: web.Request, body: bytes) -> Plan:
         prelude=f"with pgrst_source as (select pgrst_call.* from {call_from}{call} {alias}) ",
         skip=frozenset(args) if reading else frozenset(),
         value_of=value_of,
+        max_rows=max_rows,
     )
     plan.read_only = reading
     if fn.returns_set:
