@@ -37,6 +37,12 @@ client socket and its frames), :mod:`~devstack.realtime.serializers` (vsn 1.0.0 
 :mod:`~devstack.realtime.authorization` (the questions it asks the database).
 """
 
+from devstack.realtime.delivery import (
+    POLL_IDLE,
+    POLL_JITTER,
+    POLL_MAX_CHANGES,
+    POLL_NOBODY_WAITED,
+)
 from devstack.realtime.phoenix import ClientSocket
 from devstack.realtime.serializers import (
     Message,
@@ -45,16 +51,7 @@ from devstack.realtime.serializers import (
     V2Serializer,
     negotiate,
 )
-from devstack.realtime.server import (
-    MAX_FRAME_BYTES,
-    POLL_IDLE,
-    POLL_JITTER,
-    POLL_MAX_CHANGES,
-    POLL_NOBODY_WAITED,
-    WEBSOCKET_PATH,
-    Delivery,
-    RealtimeServer,
-)
+from devstack.realtime.server import MAX_FRAME_BYTES, WEBSOCKET_PATH, Delivery, RealtimeServer
 from devstack.realtime.subscriptions import Binding, Channel, RowFilter, binding_id
 
 __all__ = [
