@@ -37,47 +37,23 @@ REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "examples" / "web"
 sys.path.insert(0, str(REPO))
 
-from aiohttp import web  # noqa: E402
 
+from bench import percentile  # noqa: E402 (scripts/ is on sys.path when run)
+
+from devstack.example_site import example_site  # noqa: E402
 from devstack.serve import serve  # noqa: E402
 from devstack.stack import DevStack  # noqa: E402
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def _summary(values_ms: list[float]) -> dict[str, float]:
     return {
         "n": len(values_ms),
-        "p50_ms": round(_percentile(values_ms, 50), 2),
-        "p95_ms": round(_percentile(values_ms, 95), 2),
-        "p99_ms": round(_percentile(values_ms, 99), 2),
+        "p50_ms": round(percentile(values_ms, 50), 2),
+        "p95_ms": round(percentile(values_ms, 95), 2),
+        "p99_ms": round(percentile(values_ms, 99), 2),
         "max_ms": round(max(values_ms), 2),
         "mean_ms": round(statistics.fmean(values_ms), 2),
     }
-
-
-def _site(supabase_url: str, anon_key: str) -> web.Application:
-    config = {"supabaseUrl": supabase_url, "anonKey": anon_key}
-
-    async def config_js(request: web.Request) -> web.Response:
-        return web.Response(
-            text=f"window.IMAGE_WORKER_CONFIG = {json.dumps(config)}\n",
-            content_type="application/javascript",
-        )
-
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB / "index.html")
-
-    app = web.Application()
-    app.router.add_get("/config.js", config_js)
-    app.router.add_get("/", index)
-    app.router.add_static("/", WEB)
-    return app
 
 
 async def bench_broadcast_latency(server_url: str, updates: int = 200) -> dict[str, Any]:
@@ -95,7 +71,7 @@ async def bench_broadcast_latency(server_url: str, updates: int = 200) -> dict[s
             " values ('progress bench', $1, 'running', 0, now()) returning id",
             uuid.UUID(user.id),
         )
-        runner, url = await serve(_site(stack.url, stack.keys.anon_key), "127.0.0.1")
+        runner, url = await serve(example_site(stack.url, stack.keys.anon_key), "127.0.0.1")
         try:
             async with async_playwright() as playwright:
                 browser = await playwright.chromium.launch(

@@ -16,39 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "examples" / "web"
 sys.path.insert(0, str(REPO))
 
+from devstack.example_site import example_site  # noqa: E402
 from devstack.serve import serve  # noqa: E402
 from devstack.stack import DevStack  # noqa: E402
 
 USERS = {"alice@example.com": "alice-password", "bob@example.com": "bob-password"}
-
-
-def web_app(supabase_url: str, anon_key: str) -> web.Application:
-    """examples/web as static files, plus the ``config.js`` it reads."""
-    config = {"supabaseUrl": supabase_url, "anonKey": anon_key}
-
-    async def config_js(request: web.Request) -> web.Response:
-        body = f"window.IMAGE_WORKER_CONFIG = {json.dumps(config)}\n"
-        return web.Response(text=body, content_type="application/javascript")
-
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB / "index.html")
-
-    app = web.Application()
-    app.router.add_get("/config.js", config_js)
-    app.router.add_get("/", index)
-    app.router.add_static("/", WEB, follow_symlinks=False)
-    return app
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -71,7 +51,7 @@ async def main(args: argparse.Namespace) -> None:
         worker = Worker(Settings(_env_file=None, **fields))
         worker_task = asyncio.create_task(worker.run())
         runner, page_url = await serve(
-            web_app(stack.url, stack.keys.anon_key), args.host, args.web_port
+            example_site(stack.url, stack.keys.anon_key), args.host, args.web_port
         )
         try:
             print(f"\nThe example app: {page_url}/")

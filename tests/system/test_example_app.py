@@ -13,7 +13,6 @@ run prints; with ``SCREENSHOTS_DIR`` set, the README's (``example-app.png``) is 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -28,9 +27,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from devstack.example_site import example_site
 from devstack.serve import serve
 from devstack.stack import DevStack
 from tests.helpers import REPO, running_worker, worker_settings
@@ -136,29 +135,11 @@ class ExampleApp:
         return page
 
 
-def static_site(supabase_url: str, anon_key: str) -> web.Application:
-    """examples/web as any static server would serve it, plus the config.js it reads."""
-    config = {"supabaseUrl": supabase_url, "anonKey": anon_key}
-
-    async def config_js(request: web.Request) -> web.Response:
-        body = f"window.IMAGE_WORKER_CONFIG = {json.dumps(config)}\n"
-        return web.Response(text=body, content_type="application/javascript")
-
-    async def index(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(WEB / "index.html")
-
-    app = web.Application()
-    app.router.add_get("/config.js", config_js)
-    app.router.add_get("/", index)
-    app.router.add_static("/", WEB)
-    return app
-
-
 @pytest_asyncio.fixture
 async def app(stack: DevStack, example_app_installed: Path) -> AsyncIterator[ExampleApp]:
     users = {email: stack.create_user(email, password).id for email, password in PASSWORDS.items()}
     settings = worker_settings(stack, worker_mode="realtime", worker_lease_seconds=10)
-    runner, url = await serve(static_site(stack.url, stack.keys.anon_key), "127.0.0.1")
+    runner, url = await serve(example_site(stack.url, stack.keys.anon_key), "127.0.0.1")
     example = ExampleApp(stack, url + "/", users)
     try:
         async with running_worker(settings):
